@@ -1,0 +1,83 @@
+"""Time sgre's metrics at the size of NUS-WIDE's test split, on one CPU thread.
+
+Data: n images x C labels (default 100,000 x 81, NUS-WIDE's test split), about 2.4 positive labels
+per image, float32 probabilities from logits that are higher for positives (an mAP of about 0.45,
+so the rankings are neither perfect nor random), a 1% ignore mask for the masked variant. Every function runs once as a
+warm-up, then `--repeats` times; the median is reported. For scale, the last row times
+scikit-learn's `average_precision_score` called once per class (the non-interpolated AP).
+
+NumPy and PyTorch are limited to one thread (the environment variables are set before NumPy is
+imported), so the numbers are single-core ones.
+
+Usage: python benchmarks/bench_metrics.py [--n 100000] [--classes 81] [--repeats 5] [--skip-sklearn]
+"""
+import os
+for _v in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMEXPR_NUM_THREADS'):
+    os.environ[_v] = '1'
+
+import argparse, platform, statistics, time
+
+import numpy as np
+import torch
+
+from sgre.metrics import ap_summary, mean_ap, threshold_metrics, topk_metrics, voc_ap
+
+
+def cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.machine()
+
+
+def make_data(n, C, seed=0):
+    rng = np.random.default_rng(seed)
+    Y = rng.random((n, C)) < 2.4 / C
+    logits = rng.normal(-2, 1.5, (n, C)) + 3 * Y
+    S = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    G = rng.random((n, C)) < 0.01
+    return S, Y.astype(np.float32), G.astype(np.float32)
+
+
+def median_time(f, repeats):
+    f()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--n', type=int, default=100_000)
+    ap.add_argument('--classes', type=int, default=81)
+    ap.add_argument('--repeats', type=int, default=5)
+    ap.add_argument('--skip-sklearn', action='store_true', help='leave out the scikit-learn comparison')
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    S, Y, G = make_data(a.n, a.classes)
+    rows = [
+        ('`voc_ap` (interpolated)', lambda: voc_ap(S, Y)),
+        ('`voc_ap` with an ignore mask', lambda: voc_ap(S, Y, G)),
+        ('`voc_ap(interpolated=False)`', lambda: voc_ap(S, Y, interpolated=False)),
+        ('`mean_ap`', lambda: mean_ap(S, Y)),
+        ('`ap_summary` from torch tensors', lambda: ap_summary(torch.from_numpy(S), torch.from_numpy(Y))),
+        ('`threshold_metrics` (t = 0.5)', lambda: threshold_metrics(S, Y)),
+        ('`topk_metrics` (k = 3)', lambda: topk_metrics(S, Y)),
+    ]
+    if not a.skip_sklearn:
+        from sklearn.metrics import average_precision_score
+        rows.append(('scikit-learn `average_precision_score`, one call per class',
+                     lambda: [average_precision_score(Y[:, c], S[:, c]) for c in range(a.classes)]))
+    print(f'{cpu_name()}, {os.cpu_count()} logical CPUs visible, 1 thread; numpy {np.__version__}, torch {torch.__version__}')
+    print(f'n = {a.n:,} images, C = {a.classes} labels, median of {a.repeats} runs after a warm-up; '
+          f'mAP of the data: {mean_ap(S, Y):.3f}\n')
+    print('| function | time (s) |')
+    print('|---|---:|')
+    for name, f in rows: print(f'| {name} | {median_time(f, a.repeats):.3f} |')
+
+
+if __name__ == '__main__':
+    main()

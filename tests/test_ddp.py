@@ -1,0 +1,54 @@
+"""DDP on two CPU processes through `accelerate launch`: both ranks train, the reported EMA mAP is the
+mAP of the saved EMA weights, and only one experiment folder is written."""
+import csv, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sgre.data import prepare_digits
+from sgre.metrics import mean_ap
+from sgre.train import build_learner, predict_dl, read_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(tmp_path, *extra):
+    env = dict(os.environ, ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONUNBUFFERED='1')
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+           '-m', 'sgre.train', '--data', 'digits', '--data-dir', str(tmp_path / 'digits'),
+           '--arch', 'resnet10t', '--no-pretrained', '--img-size', '32', '--output-stride', '8',
+           '--batch-size', '16', '--max-epochs', '1', '--embed-type', 'random', '--attn-dim', '32',
+           '--num-heads', '2', '--num-workers', '0', '--no-flip', '--lr', '1e-3', '--ema-decay', '0.9',
+           '--exp-root', str(tmp_path / 'experiments'), *extra]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_cpu_processes(tmp_path):
+    prepare_digits(tmp_path / 'digits', n_train=96, n_test=40, size=32, seed=0)
+    res = _launch(tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    exps = [p for p in (tmp_path / 'experiments' / 'mlic_digits').iterdir() if p.is_dir()]
+    assert [p.name for p in exps] == ['exp1'], exps                       # one folder, written by rank 0 only
+    exp = exps[0]
+    log = (exp / 'train.log').read_text()
+    assert '2 process(es): rank 0' in log and 'rank 1 (pid' in log, log   # both ranks joined
+    assert 'samples per rank [48, 48]' in log, log                       # and each trained on half the data
+    cfg = read_config(exp)
+    assert cfg['world_size'] == 2
+    row = list(csv.DictReader(open(exp / 'history.csv')))[-1]
+    # single-process evaluation of the saved EMA weights on the same validation set
+    learn = build_learner({k: v for k, v in cfg.items() if k not in ('num_classes', 'labels', 'world_size')}, device='cpu')
+    learn.model.load_state_dict(torch.load(exp / 'checkpoints' / 'best_ema_model.pth', map_location='cpu'))
+    s, t = predict_dl(learn.model, learn.dls.valid)
+    assert len(s) == 40
+    assert abs(mean_ap(s.numpy(), t.numpy()) - float(row['ema_mAP'])) <= 1e-6, (mean_ap(s.numpy(), t.numpy()), row)
+
+
+def test_batch_size_must_split(tmp_path):
+    prepare_digits(tmp_path / 'digits', n_train=32, n_test=16, size=32, seed=0)
+    res = _launch(tmp_path, '--batch-size', '15')
+    assert res.returncode != 0
+    assert 'does not split evenly over 2 processes' in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / 'experiments' / 'mlic_digits').exists() or not any((tmp_path / 'experiments' / 'mlic_digits').iterdir())
