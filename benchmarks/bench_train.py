@@ -14,7 +14,8 @@ Usage: python benchmarks/bench_train.py [--steps 30] [--only digits|resnet50]
 import argparse, json, os, resource, subprocess, sys, time
 
 CONFIGS = {
-    'digits': dict(arch='resnet10t', img=64, bs=32, C=10, T=384, kw=dict(output_stride=8, pos=True), lr=2e-3),
+    'digits': dict(arch='resnet10t', img=64, bs=32, C=10, T=384, kw=dict(output_stride=8, pos=True, num_layers=0, attn_dim=256),
+                   lr=1e-3),
     'resnet50': dict(arch='resnet50', img=224, bs=8, C=80, T=384, kw=dict(pos=True), lr=1e-4),
 }
 

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ARCH_ALIASES', 'create_backbone', 'sine_position_code', 'PositionCode', 'EncoderLayer', 'Encoder',
            'tanh_bilinear_score', 'LowRankBilinearAttention', 'ClassWiseLinear', 'Phi', 'token_max_head', 'SGREOutput',
-           'SGRE', 'load_official_checkpoint']
+           'SGRE', 'read_state_dict', 'load_official_checkpoint', 'official_state_dict']
 
 # %% ../nbs/02_model.ipynb #c87fb388
 import math
@@ -370,7 +370,9 @@ class SGRE(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 # %% ../nbs/02_model.ipynb #55908754
-def _read_state_dict(path:Path) -> dict:
+def read_state_dict(path:str|Path, # a .pth file: a state dict, possibly under 'state_dict'/'model'/'ema', possibly with `module.`
+                   ) -> dict: # name -> tensor, without the `module.` prefix
+    "Read the tensors of a checkpoint file, with clear errors for a missing or unreadable file."
     if not Path(path).is_file(): raise sgre_error(f'the checkpoint {path} does not exist; check the path.')
     try: sd = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -400,7 +402,7 @@ def load_official_checkpoint(path:str|Path, # a .pth file released with the pape
                             ) -> SGRE:
     "Build an `SGRE` model and load a checkpoint in the authors' layout into it, strictly."
     path = Path(path)
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     if 'fc.weight' not in sd: raise sgre_error(f'{path} has no `fc.weight`, so it is not an SGRE checkpoint in the authors\' layout.')
     C = sd['fc.weight'].shape[0]
     if num_classes is not None and num_classes != C:
@@ -416,21 +418,30 @@ def load_official_checkpoint(path:str|Path, # a .pth file released with the pape
                  attn_dim=sd['attention.linear1.weight'].shape[0] if 'attention.linear1.weight' in sd else 1024,
                  num_layers=layers, num_heads=num_heads, normalize_before=normalize_before, pos=pos, tau=tau,
                  ff_dim=sd['encoder.layers.0.linear1.weight'].shape[0] if layers else 2048, img_size=img_size, **kwargs)
-    own = model.state_dict()
+    model.load_state_dict(official_state_dict(sd, model, img_size, path), strict=False)
+    return model
+
+def official_state_dict(sd:dict, # a checkpoint's tensors, `module.` prefix removed (`read_state_dict`)
+                        model:SGRE, # the model it should fill
+                        img_size:int, # training image size (checked against the stored position code)
+                        path='the checkpoint', # for messages
+                       ) -> dict: # tensors for `model.load_state_dict(..., strict=False)`
+    "Check an authors'-layout state dict against `model`, strictly, and return what to load."
+    sd, own = dict(sd), model.state_dict()
     pe = sd.pop('position_embedding.pe', None)
     if pe is not None: _check_position_code(pe, model, img_size, path)
-    if not has_emb: own.pop('embeddings')
+    if 'embeddings' not in sd and isinstance(model.embeddings, Tensor) and 'embeddings' in dict(model.named_buffers()):
+        own.pop('embeddings')  # fixed embeddings are not stored in the authors' files; the model holds them
     unmapped = [k for k in sd if k not in own]
     missing = [k for k in own if k not in sd]
     shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in sd if k in own and sd[k].shape != own[k].shape]
     if unmapped or missing or shapes:
-        raise sgre_error(f'{path} does not fit `{arch}` with {C} classes.',
+        raise sgre_error(f'{path} does not fit the model ({model.num_classes} classes, backbone with {model.feat_dim} channels).',
                          f'Keys that map to nothing: {_fmt_keys(unmapped)}.' if unmapped else '',
                          f'Weights the model needs that the file lacks: {_fmt_keys(missing)}.' if missing else '',
                          f'Shape mismatches (file vs model): {"; ".join(shapes[:8])}.' if shapes else '',
                          'Check `arch`, `num_layers` and the label embeddings against the training run.')
-    model.load_state_dict(sd, strict=False)
-    return model
+    return sd
 
 def _check_position_code(pe:Tensor, model:SGRE, img_size:int, path):
     red = model.backbone.feature_info[-1]['reduction'] if hasattr(model.backbone, 'feature_info') else None

@@ -6,7 +6,8 @@
 __all__ = ['SEED_DEFAULTS', 'DIGITS_DEFAULTS', 'gather_rows', 'broadcast_state', 'valid_targets', 'gather_valid', 'valid_map',
            'MeanAP', 'predict_dl', 'EMA', 'wd_groups', 'sgre_opt', 'AMP', 'SGRELearner', 'sgre_learner', 'one_cycle',
            'OneCycle', 'fit_recipe', 'new_experiment', 'save_atomic', 'write_config', 'read_config', 'rng_state',
-           'set_rng_state', 'Experiment', 'parse_config', 'build_learner', 'train', 'resume', 'sgre_train_cli']
+           'set_rng_state', 'Experiment', 'parse_config', 'model_options', 'build_learner', 'train', 'resume',
+           'sgre_train_cli']
 
 # %% ../nbs/04_train.ipynb #992c15c6
 import argparse, contextlib, csv, math, os, random, sys, time, warnings
@@ -17,14 +18,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from fastai.callback.core import Callback
-from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.schedule import ParamScheduler, combined_cos  # also patches `Learner.fit_one_cycle`
-from fastai.callback.tracker import ReduceLROnPlateau
-from fastai.distributed import DistributedDL
-from fastai.learner import CancelEpochException, CancelFitException, Learner, Metric
-from fastai.optimizer import OptimWrapper
-from fastai.torch_core import default_device, num_distrib, rank_distrib
+with warnings.catch_warnings():  # fastai 2.8.7 warns at import about torch.jit.script and a pandas option; not ours to fix
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+    warnings.filterwarnings('ignore', message=".*mode.chained_assignment")
+    from fastai.callback.core import Callback
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.callback.schedule import ParamScheduler
+    from fastai.callback.tracker import ReduceLROnPlateau
+    from fastai.distributed import DistributedDL
+    from fastai.learner import CancelEpochException, CancelFitException, Learner, Metric
+    from fastai.optimizer import OptimWrapper
+    from fastai.torch_core import default_device, num_distrib, rank_distrib
 from fastcore.basics import patch
 from fastcore.foundation import L
 from fastcore.imports import IN_NOTEBOOK
@@ -32,9 +36,11 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 from .core import SGREError, atomic_write, run_cli, seed_everything, sgre_error
+from .data import prepare_digits, sgre_dls
+from .embeddings import load_embeddings, write_embeddings
 from .loss import SGRELoss, make_loss
 from .metrics import mean_ap
-from .model import SGRE, SGREOutput
+from .model import SGRE, SGREOutput, read_state_dict
 
 # %% ../nbs/04_train.ipynb #b982f390
 def _unwrap(model:nn.Module) -> nn.Module:
@@ -519,14 +525,23 @@ def _data_checked(cfg:dict):
 
 def _embeddings(cfg:dict):
     if cfg['embed_type'] == 'random': return None
-    from sgre.embeddings import load_embeddings
     return load_embeddings(cfg['data_dir'], cfg['embed_type'])
+
+def model_options(cfg:dict, # a run's configuration
+                  pretrained:bool|None=None, # override `cfg['pretrained']` (False: no backbone weights to fetch)
+                 ) -> dict:
+    "The `SGRE` options (besides backbone, classes and embeddings) of a run's configuration."
+    pretrained = cfg['pretrained'] if pretrained is None else pretrained
+    kw = dict(pretrained=pretrained, pretrained_file=cfg.get('pretrained_file') if pretrained else None,
+              img_size=cfg['img_size'], num_layers=cfg['num_layers'], num_heads=cfg['num_heads'],
+              normalize_before=cfg['normalize_before'], pos=cfg['pos'], tau=cfg['tau'], attn_dim=cfg.get('attn_dim', 1024))
+    if cfg.get('output_stride'): kw['output_stride'] = cfg['output_stride']
+    return kw
 
 def build_learner(cfg:dict, # a run's configuration (see `parse_config`)
                   device=None, # where to train (default: the process's accelerator or the CPU)
                  ) -> SGRELearner:
     "Data, model and learner for a configuration, every option checked first."
-    from sgre.data import sgre_dls
     if cfg['model'] != 'mlic': raise sgre_error(f"unknown model {cfg['model']!r}; SGRE is `--model mlic`.")
     world = max(num_distrib(), 1)
     if cfg['batch_size'] % world:
@@ -540,21 +555,16 @@ def build_learner(cfg:dict, # a run's configuration (see `parse_config`)
     if emb is not None and len(emb) != dls.c:
         raise sgre_error(f"{data_dir}/{cfg['embed_type']}.npy has {len(emb)} rows but label.txt has {dls.c} labels;",
                          f"recreate it: `sgre_embed --data {data_dir} --kind {cfg['embed_type']}`.")
-    kw = dict(output_stride=cfg['output_stride']) if cfg.get('output_stride') else {}
     learn = sgre_learner(
         dls, cfg['arch'], emb, lr=cfg['lr'], wd=cfg['weight_decay'], true_wd=cfg['true_weight_decay'],
         optimizer=cfg['optimizer'], loss=cfg['loss'], lamda=cfg['lamda'], gamma_neg=cfg['gamma_neg'],
-        gamma_pos=cfg['gamma_pos'], clip=cfg['clip'], ema_decay=cfg['ema_decay'], amp=cfg['amp'],
-        pretrained=cfg['pretrained'], pretrained_file=cfg['pretrained_file'], img_size=cfg['img_size'],
-        num_layers=cfg['num_layers'], num_heads=cfg['num_heads'], normalize_before=cfg['normalize_before'],
-        pos=cfg['pos'], tau=cfg['tau'], attn_dim=cfg['attn_dim'], **kw)
+        gamma_pos=cfg['gamma_pos'], clip=cfg['clip'], ema_decay=cfg['ema_decay'], amp=cfg['amp'], **model_options(cfg))
     if cfg.get('pretrained_model'): _init_from(learn.model, cfg['pretrained_model'])
     return learn
 
 def _init_from(model:SGRE, path):
     "The seed's `--pretrained-model`: every weight of an SGRE checkpoint except the classifier `fc`."
-    from sgre.model import _read_state_dict
-    sd = {k: v for k, v in _read_state_dict(Path(path)).items() if not k.startswith('fc.') and k != 'position_embedding.pe'}
+    sd = {k: v for k, v in read_state_dict(Path(path)).items() if not k.startswith('fc.') and k != 'position_embedding.pe'}
     own = model.state_dict()
     bad = [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]
     if bad: raise sgre_error(f'{path} does not fit this model: {", ".join(bad[:8])}; use a checkpoint of the same architecture.')
@@ -571,8 +581,6 @@ def _main_first(fn):
     return res
 
 def _prepare_demo(cfg:dict):
-    from sgre.data import prepare_digits
-    from sgre.embeddings import write_embeddings
     d = Path(cfg['data_dir'])
     if not (d / 'label.txt').is_file():
         print(f'preparing the built-in digits demo set in {d} ...', flush=True)
