@@ -83,7 +83,9 @@ def _read_list(path:Path, name:str) -> list:
         if not p.strip(): raise sgre_error(f'{src} ({path}) has an empty image path.')
         if '' in names: raise sgre_error(f'{src} ({path}) has an empty label between commas.')
         entries.append((p.strip(), names, src))
-    if not entries: raise sgre_error(f'{name} ({path}) lists no image; a prepared dataset needs images in train.txt and test.txt.')
+    if not entries:
+        raise sgre_error(f'{name} ({path}) lists no image; a prepared dataset needs images in train.txt and test.txt.',
+                         'Prepare the dataset again with `sgre_prepare`, or restore the file.')
     return entries
 
 # %% ../nbs/00_data.ipynb #92ad6291
@@ -141,7 +143,8 @@ def read_prepared(data_dir:str|Path, # a prepared folder (holds label.txt, train
     splits = {}
     for split in ('train', 'test'):
         if not (data_dir/f'{split}.txt').is_file():
-            raise sgre_error(f'{data_dir} has no {split}.txt; a prepared dataset needs label.txt, train.txt and test.txt.')
+            raise sgre_error(f'{data_dir} has no {split}.txt; a prepared dataset needs label.txt, train.txt and test.txt.',
+                             f'Prepare it again with `sgre_prepare --data NAME --dest {data_dir}`, or restore the file.')
         splits[split] = _read_list(data_dir/f'{split}.txt', f'{split}.txt')
     _check_entries(labels, splits)
     root = _find_root(data_dir, root)
@@ -314,7 +317,7 @@ def prepare_voc2007(root:str|Path, # the VOC2007 folder: Annotations/, ImageSets
     for split in ('trainval', 'test'):
         rel = f'ImageSets/Main/{split}.txt'
         lines = _text_lines(_need(root, rel, hint), rel)
-        if not lines: raise sgre_error(f'{rel} lists no image.')
+        if not lines: raise sgre_error(f'{rel} lists no image (under {root});', hint, 'Unpack it again.')
         if verbose: print(f'reading the annotations of the {len(lines)} images of {rel}')
         entries = []
         for i, line in _progress(lines, verbose):
@@ -339,7 +342,7 @@ def _nus_split(root:Path, labels:list, tag:str, verbose:bool) -> list:
     "Entries of the `Train` or `Test` image list with their concepts."
     lrel, hint = f'ImageList/{tag}Imagelist.txt', 'the label files come with Groundtruth.zip and ImageList.zip from the NUS-WIDE site.'
     images = _text_lines(_need(root, lrel, hint), lrel)
-    if not images: raise sgre_error(f'{lrel} lists no image.')
+    if not images: raise sgre_error(f'{lrel} lists no image (under {root});', hint, 'Download and unpack it again.')
     flags = np.zeros((len(images), len(labels)), bool)
     if verbose: print(f'reading the {len(labels)} label files of the {len(images)} images of {lrel}')
     for k, c in enumerate(_progress(labels, verbose)):
@@ -369,7 +372,9 @@ def prepare_nuswide(root:str|Path, # the NUS-WIDE folder: Flickr/, ImageList/, G
                          'it comes with the concept list archive of the NUS-WIDE site.')
     lines = _text_lines(root/rel, rel)
     labels = [l.strip() for _, l in lines]
-    if not labels: raise sgre_error(f'{rel} lists no concept.')
+    if not labels:
+        raise sgre_error(f'{rel} lists no concept (under {root}); it comes with the concept list archive of the NUS-WIDE site.',
+                         'Download and unpack it again.')
     _check_label_names(labels, [f'{rel} line {i}' for i, _ in lines])
     _need(root, 'Flickr', 'the images (one folder per query word) are sent by the NUS team on request.', folder=True)
     train, test = (_nus_split(root, labels, tag, verbose) for tag in ('Train', 'Test'))

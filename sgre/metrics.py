@@ -183,7 +183,7 @@ import argparse, sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import atomic_write, run_cli
+from .core import atomic_write, check_at_least, run_cli
 
 # %% ../nbs/05_eval.ipynb #ddfc9442
 def run_config(exp_dir:str|Path, # an experiment folder
@@ -227,6 +227,8 @@ def load_run(exp_dir:str|Path, # an experiment folder (config.yaml, checkpoints/
     exp_dir = Path(exp_dir)
     cfg = run_config(exp_dir)
     ckpt = Path(checkpoint) if checkpoint else exp_dir / 'checkpoints' / 'best_ema_model.pth'
+    if checkpoint and not ckpt.is_file():
+        raise sgre_error(f'the checkpoint {ckpt} does not exist; check the path given to --checkpoint.')
     if not ckpt.is_file():
         raise sgre_error(f'{exp_dir} has no checkpoint at {ckpt}; the run saved none yet (it stops saving only',
                          'after its first epoch), or pass another file with --checkpoint.')
@@ -366,6 +368,9 @@ def _main(argv):
     ap.add_argument('--threshold', type=float, default=0.5); ap.add_argument('--topk', type=int, default=3)
     ap.add_argument('--num-workers', type=int, default=0)
     a = ap.parse_args(argv)
+    for flag, v in (('--batch-size', a.batch_size), ('--topk', a.topk)): check_at_least(flag, v, 1)
+    check_at_least('--num-workers', a.num_workers, 0)
+    if not 0 <= a.threshold < 1: raise sgre_error(f'--threshold {a.threshold} is out of range; it must lie in [0, 1).')
     if not Path(a.exp_dir).is_dir(): raise sgre_error(f'{a.exp_dir} is not a folder; pass the experiment folder of a run.')
     import torch
     run = load_run(a.exp_dir, a.checkpoint, a.official or None, device='cuda' if torch.cuda.is_available() else 'cpu')

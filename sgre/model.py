@@ -38,6 +38,12 @@ def _timm_name(arch:str) -> str:
         raise sgre_error(f'unknown backbone `{arch}`: timm has no such model.',
                          f"Similar timm names: {', '.join(close)}." if close else '',
                          f"Use a name from `timm.list_models()` or one of the paper's: {', '.join(ARCH_ALIASES)}.")
+    base, _, tag = name.partition('.')
+    if tag and name not in timm.list_pretrained(f'{base}.*'):
+        tags = [n.partition('.')[2] for n in timm.list_pretrained(f'{base}.*')]
+        raise sgre_error(f'unknown backbone `{arch}`: timm has no pretrained tag `{tag}` for `{base}`',
+                         f"(its tags: {', '.join(tags) or 'none'}). Use `{base}` alone or a tag from",
+                         f"`timm.list_pretrained('{base}.*')`; names come from `timm.list_models()`.")
     return name
 
 def create_backbone(arch:str='resnet101', # a timm model name (with or without `.tag`) or a seed name from `ARCH_ALIASES`
@@ -335,6 +341,10 @@ class SGRE(nn.Module):
                 raise sgre_error(f'the label embeddings have shape {tuple(emb.shape)} but the model has {num_classes} classes;',
                                  'pass a (num_classes, T) array whose rows follow label.txt.')
             self.register_buffer('embeddings', emb.clone())
+        if num_layers and D % num_heads:
+            heads = [h for h in (16, 12, 8, 6, 4, 2, 1) if D % h == 0]
+            raise sgre_error(f'the encoder cannot split the backbone width {D} into {num_heads} heads (`--num-heads {num_heads}`);',
+                             f'use a number of heads that divides {D}, e.g. {heads[0]} (or `--num-layers 0`: no encoder).')
         self.num_classes, self.pos, self.tau = num_classes, pos, tau
         self.position_embedding = PositionCode(D)
         self.encoder = Encoder(D, num_layers, num_heads=num_heads, ff_dim=ff_dim, dropout=dropout,

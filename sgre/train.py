@@ -10,7 +10,7 @@ __all__ = ['SEED_DEFAULTS', 'DIGITS_DEFAULTS', 'gather_rows', 'broadcast_state',
            'sgre_train_cli']
 
 # %% ../nbs/04_train.ipynb #992c15c6
-import argparse, contextlib, csv, math, os, random, sys, time, warnings
+import argparse, contextlib, csv, math, os, random, shutil, sys, time, warnings
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from fastcore.imports import IN_NOTEBOOK
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
-from .core import SGREError, atomic_write, run_cli, seed_everything, sgre_error
+from .core import SGREError, SGREInterrupted, atomic_write, check_at_least, run_cli, seed_everything, sgre_error
 from .data import prepare_digits, sgre_dls
 from .embeddings import load_embeddings, write_embeddings
 from .loss import SGRELoss, make_loss
@@ -333,8 +333,10 @@ def read_config(exp_dir:str|Path) -> dict:
     "The options of a run, from its `config.yaml`."
     p = Path(exp_dir) / 'config.yaml'
     if not p.is_file(): raise sgre_error(f'{exp_dir} has no config.yaml, so it is not an experiment folder written by `sgre_train`.')
-    try: cfg = yaml.safe_load(p.read_text())
+    try: cfg = yaml.safe_load(p.read_text(encoding='utf-8'))
     except yaml.YAMLError as e: raise sgre_error(f'{p} is not valid YAML ({str(e).splitlines()[0]}); restore it or start a new run.') from None
+    except UnicodeDecodeError as e:
+        raise sgre_error(f'{p} is not a UTF-8 text file (byte {e.start}: {e.reason}); restore it or start a new run.') from None
     if not isinstance(cfg, dict): raise sgre_error(f'{p} does not hold a mapping of options; restore it or start a new run.')
     return cfg
 
@@ -513,14 +515,31 @@ def parse_config(argv:list) -> tuple: # (config dict, resume folder or None)
     cfg = {**SEED_DEFAULTS, **(DIGITS_DEFAULTS if given.get('data') is None else {}), **given}
     if cfg['data_dir'] is None: cfg['data_dir'] = str(Path('data') / cfg['data'])
     if cfg['num_workers'] is None: cfg['num_workers'] = min(4, os.cpu_count() or 1)
+    _check_options(cfg)
     return cfg, resume
+
+_AT_LEAST = dict(batch_size=1, img_size=1, max_epochs=1, num_heads=1, attn_dim=1, step_size=1, topk=1, num_layers=0,
+                 num_workers=0, clip=0, gamma_pos=0, gamma_neg=0, lamda=0, weight_decay=0)
+_POSITIVE = ('lr', 'tau')     # > 0
+_UNIT = dict(ema_decay=(0, 1), pct_start=(0, 1), threshold=(0, 1))   # strictly inside (a, b)
+
+def _check_options(cfg:dict):
+    "Refuse option values that cannot work, naming the flag."
+    flag = lambda k: '--' + k.replace('_', '-')
+    for k, least in _AT_LEAST.items(): check_at_least(flag(k), cfg.get(k), least)
+    for k in _POSITIVE:
+        if cfg.get(k) is not None and not cfg[k] > 0: raise sgre_error(f'{flag(k)} {cfg[k]} is out of range; it must be above 0.')
+    for k, (a, b) in _UNIT.items():
+        if cfg.get(k) is not None and not a < cfg[k] < b:
+            raise sgre_error(f'{flag(k)} {cfg[k]} is out of range; it must lie strictly between {a} and {b}.')
 
 # %% ../nbs/04_train.ipynb #0d413f07
 def _data_checked(cfg:dict):
     d = Path(cfg['data_dir'])
     if not (d / 'label.txt').is_file():
+        root = '' if cfg['data'] in ('digits', 'csv') else ' --root RAW_DIR'
         raise sgre_error(f"no prepared dataset in {d} (label.txt is missing). Prepare it first:",
-                         f"`sgre_prepare --data {cfg['data']} --root RAW_DIR --dest {d}`, or pass --data-dir.")
+                         f"`sgre_prepare --data {cfg['data']}{root} --dest {d}`, or pass --data-dir.")
     return d
 
 def _embeddings(cfg:dict):
@@ -595,6 +614,35 @@ def _init_distributed(cfg:dict):
     from accelerate import PartialState
     PartialState(cpu=not torch.cuda.is_available())
 
+def _check_exp_root(cfg:dict):
+    "Fail now, not after building the learner, if the experiment folder cannot be created."
+    home = Path(cfg['exp_root']) / f"{cfg['model']}_{cfg['data']}"
+    p = home
+    while not p.exists() and p != p.parent: p = p.parent       # the nearest folder that exists
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise sgre_error(f"the experiments folder {cfg['exp_root']} is not writable ({p} cannot be written);",
+                         'pass another with --exp-root or fix its permissions.')
+    return p
+
+def _record_run(exp:Path, command:str|None) -> bytes|None:
+    "Append the run to checkpoint.txt (atomically); return the file's previous content (None: it did not exist)."
+    f = exp.parent / 'checkpoint.txt'
+    old = f.read_bytes() if f.exists() else None
+    with atomic_write(f) as tmp: tmp.write_bytes((old or b'') + f'{exp.name}\t{command or ""}\n'.encode())
+    return old
+
+_KEEP = object()
+
+def _undo_run(exp:Path, existed:Path, old=_KEEP):
+    "Remove a run that failed before finishing an epoch: its folder, its checkpoint.txt line (`old`: the file before), the folders it created."
+    shutil.rmtree(exp, ignore_errors=True)
+    f = exp.parent / 'checkpoint.txt'
+    if old is None: f.unlink(missing_ok=True)
+    elif old is not _KEEP:
+        with atomic_write(f) as tmp: tmp.write_bytes(old)
+    p = exp.parent
+    while p != existed and p != p.parent and p.is_dir() and not any(p.iterdir()): p.rmdir(); p = p.parent
+
 def _fit(learn:SGRELearner, cfg:dict):
     ctx = (learn.distrib_ctx(sync_bn=torch.cuda.is_available(), cpu=not torch.cuda.is_available())
            if _distributed() else contextlib.nullcontext())
@@ -608,18 +656,31 @@ def train(cfg:dict, # the run's configuration (`parse_config`)
     "Train a configuration to the end, writing its experiment folder."
     _init_distributed(cfg)
     seed_everything(cfg['seed'])
+    existed = _check_exp_root(cfg) if rank_distrib() == 0 else None
     if cfg['data'] == 'digits' and cfg['data_dir'] == str(Path('data') / 'digits'): _main_first(lambda: _prepare_demo(cfg))
     learn = build_learner(cfg, device=_device())
     exp = None
     if rank_distrib() == 0:
         exp = new_experiment(cfg['exp_root'], cfg['model'], cfg['data'])
-        write_config(dict(cfg, num_classes=learn.dls.c, labels=list(learn.dls.vocab), world_size=max(num_distrib(), 1)),
-                     exp / 'config.yaml')
-        with open(exp.parent / 'checkpoint.txt', 'a', encoding='utf-8') as f: f.write(f'{exp.name}\t{command or ""}\n')
+        try:
+            write_config(dict(cfg, num_classes=learn.dls.c, labels=list(learn.dls.vocab), world_size=max(num_distrib(), 1)),
+                         exp / 'config.yaml')
+            old = _record_run(exp, command)
+        except BaseException: _undo_run(exp, existed); raise
     exp = _share(exp)
     learn.add_cbs([Experiment(exp, estop=cfg['estop'])] + L(cbs))
-    _fit(learn, cfg)
+    try: _fit(learn, cfg)
+    except BaseException as e:
+        if rank_distrib() == 0 and not (exp / 'checkpoints' / 'last.pth').exists(): _undo_run(exp, existed, old)
+        _interrupted(e, exp)
+        raise
     return exp
+
+def _interrupted(e:BaseException, exp:Path):
+    "A Ctrl-C after an epoch was saved: say how to continue."
+    if isinstance(e, KeyboardInterrupt) and not isinstance(e, SGREInterrupted) and (exp / 'checkpoints' / 'last.pth').exists():
+        raise SGREInterrupted(f'the state after the last finished epoch is saved in {exp}; continue with '
+                              f'`sgre_train --resume {exp}`.') from None
 
 def resume(exp_dir:str|Path, # the folder of the interrupted run
            cbs=None, # more callbacks
@@ -636,12 +697,16 @@ def resume(exp_dir:str|Path, # the folder of the interrupted run
     learn = build_learner(cfg, device=_device())
     cb = Experiment(exp_dir, estop=cfg['estop'])
     learn.add_cbs([cb] + L(cbs))
-    st = torch.load(last, map_location='cpu', weights_only=False)
+    try: st = torch.load(last, map_location='cpu', weights_only=False)
+    except Exception as e:
+        raise sgre_error(f'{last} is not a readable checkpoint ({type(e).__name__}: {str(e)[:100]}); the saved state is',
+                         'damaged, so this run cannot be resumed: start it again.') from None
     cb.load_state(st)
     if learn.first_epoch >= cfg['max_epochs'] or (cfg['estop'] and cb.wait >= cb.patience):
         print(f'{exp_dir} had already finished; nothing to resume.'); return exp_dir
     cb.log(f'resumed after epoch {learn.first_epoch}')
-    _fit(learn, cfg)
+    try: _fit(learn, cfg)
+    except BaseException as e: _interrupted(e, exp_dir); raise
     return exp_dir
 
 def _device():

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from fastai.vision.core import imagenet_stats
 
-from .core import SGREError, atomic_dir, run_cli, sgre_error
-from .data import read_prepared
+from .core import SGREError, atomic_dir, check_at_least, run_cli, sgre_error
+from .data import read_prepared   # first: it imports fastai with fastai's import-time warnings silenced
+from fastai.vision.core import imagenet_stats
 from .metrics import Run, load_run
 from .model import SGRE
 
@@ -176,12 +176,12 @@ def write_visualizations(run:Run, # from `load_run`
     missing = [str(p) for p in paths if not p.is_file()]
     if missing: raise sgre_error(f'no such image: {", ".join(missing[:5])}; pass existing image files with --images.')
     size, norm = run.cfg['img_size'], run.cfg['orid_norm']
+    inputs = [preprocess(p, size, norm) for p in paths]   # every image read before anything is written
     written, used = [], set()
-    for p in paths:
+    for p, (x, im) in zip(paths, inputs):
         stem = _safe(p.stem); k = 2
         while stem in used: stem = f'{_safe(p.stem)}-{k}'; k += 1
         used.add(stem)
-        x, im = preprocess(p, size, norm)
         probs, maps = attention_maps(run.model, x)
         gt = truth.get(str(p.resolve()), truth.get(str(p), []))
         chosen = sorted({run.labels.index(l) for l in gt} | set(_chosen(probs, run.labels, None, threshold)),
@@ -206,6 +206,8 @@ def _main(argv):
     ap.add_argument('--checkpoint', help='weights (default: checkpoints/best_ema_model.pth)')
     ap.add_argument('--threshold', type=float, default=0.5, help='score above which a label is predicted')
     a = ap.parse_args(argv)
+    check_at_least('--num', a.num, 1)
+    if not 0 <= a.threshold < 1: raise sgre_error(f'--threshold {a.threshold} is out of range; it must lie in [0, 1).')
     if not Path(a.exp_dir).is_dir(): raise sgre_error(f'{a.exp_dir} is not a folder; pass the experiment folder of a run.')
     run = load_run(a.exp_dir, a.checkpoint)
     folders = write_visualizations(run, a.images, a.num, a.threshold)

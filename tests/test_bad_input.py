@@ -7,9 +7,8 @@ temporary or half-written file is left. A run interrupted with Ctrl-C during tra
 `sgre_train --resume` completes.
 
 The cases are built in fresh folders, run two at a time (each process spends ~2-6 s importing torch and fastai) by one
-module fixture, and then checked by the tests below, one test per property and case. Cases where a command still
-misbehaves are marked `xfail(strict=True)` with the reason; the same cases, with their messages, are listed on the
-docs page of the command line (nbs/07_cli.ipynb).
+module fixture, and then checked by the tests below, one test per property and case. The same cases, with their
+messages, are listed on the docs page of the command line (nbs/07_cli.ipynb).
 """
 import hashlib, os, re, shutil, signal, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from conftest import honouring_permissions
 import torch
 from PIL import Image
 
@@ -43,13 +43,23 @@ def exe(prog: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 
+_MD5 = {}
+
+def _md5(p: Path) -> str:
+    "A file's MD5, remembered per inode and modification time (the cases share hard-linked checkpoints)."
+    st = p.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _MD5: _MD5[key] = hashlib.md5(p.read_bytes()).hexdigest()
+    return _MD5[key]
+
+
 def listing(*folders) -> dict:
     "Every file (with its MD5) and folder under `folders`: what a command must leave as it found it."
     out = {}
     for f in map(Path, folders):
         if not f.exists(): out[str(f)] = None; continue
         for p in [f, *sorted(f.rglob('*'))]:
-            out[str(p)] = 'dir' if p.is_dir() else hashlib.md5(p.read_bytes()).hexdigest()
+            out[str(p)] = 'dir' if p.is_dir() else _md5(p)
     return out
 
 
@@ -66,23 +76,18 @@ def error_lines(stderr: str) -> list:
     return out
 
 
+def _link_checkpoints(src, dst):
+    "copytree's copy function: hard-link the (large) .pth files, copy the rest (commands append to some files in place)."
+    if str(src).endswith('.pth'): os.link(src, dst)
+    else: shutil.copy2(src, dst)
+
+
 def put(path: Path, data):
     "Replace a file's content (unlinking first: the file may be a hard link shared with the fixture's originals)."
     path = Path(path)
     if path.exists(): path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data if isinstance(data, bytes) else data.encode())
-
-
-def _honouring_permissions(folder: Path):
-    "A command prefix under which `folder`'s permission bits apply (root ignores them), or None if there is none."
-    check = [sys.executable, '-c', f'import os; print(os.access({str(folder)!r}, os.W_OK))']
-    prefixes = [()] if os.geteuid() != 0 else []
-    if shutil.which('setpriv'): prefixes.append((shutil.which('setpriv'), '--bounding-set=-all', '--inh-caps=-all'))
-    for prefix in prefixes:
-        probe = subprocess.run([*prefix, *check], capture_output=True, text=True)
-        if probe.stdout.strip() == 'False': return prefix
-    return None
 
 
 def set_writable(folders, writable: bool):
@@ -122,7 +127,7 @@ class World:
     def _permission_prefix(self):
         probe = self.root / 'probe'
         probe.mkdir(); probe.chmod(0o555)
-        try: return _honouring_permissions(probe)
+        try: return honouring_permissions(probe)
         finally: probe.chmod(0o755)
 
     # copies a case may change
@@ -130,14 +135,14 @@ class World:
         return Path(shutil.copytree(self.data, d / 'data'))
 
     def copy_exp(self, d: Path, data: Path | None = None) -> Path:
-        "A hard-linked copy of the experiment (its checkpoints are large), reading `data` if given."
-        exp = Path(shutil.copytree(self.exp, d / 'exp', copy_function=os.link))
+        "A copy of the experiment (its checkpoints hard-linked: they are large), reading `data` if given."
+        exp = Path(shutil.copytree(self.exp, d / 'exp', copy_function=_link_checkpoints))
         if data is not None: put(exp / 'config.yaml', (exp / 'config.yaml').read_text().replace(str(self.data), str(data)))
         return exp
 
     def exp_root(self, d: Path) -> Path:
         "An experiments folder that already holds a run: a failed `sgre_train` must leave it as it is."
-        shutil.copytree(self.root / 'runs', d / 'runs', copy_function=os.link)
+        shutil.copytree(self.root / 'runs', d / 'runs', copy_function=_link_checkpoints)
         return d / 'runs'
 
     def copy_raw(self, d: Path, name: str) -> Path:
@@ -335,8 +340,8 @@ CASES = [
          ('resnet10t.nope',), ('timm.list_models()',)),
     Case('sgre_train: --batch-size 0', 'sgre_train', _train(None, '--batch-size', '0'),
          ('--batch-size',), ('at least 1',)),
-    Case('sgre_train: --num-heads that does not divide --attn-dim', 'sgre_train', _train(None, '--num-heads', '3'),
-         ('--num-heads 3', '--attn-dim 32'), ('divides',)),
+    Case('sgre_train: --num-heads that does not divide the backbone width', 'sgre_train', _train(None, '--num-heads', '3'),
+         ('backbone width 512 into 3 heads', '--num-heads 3'), ('divides 512',)),
     Case('sgre_train: a garbled --pretrained-model checkpoint', 'sgre_train',
          _train(lambda data: put(data.parent / 'garbled.pth', GARBAGE_PTH), '--pretrained-model', lambda d: d / 'garbled.pth'),
          ('garbled.pth is not a readable PyTorch checkpoint',), ('pass the .pth file saved by training',)),
@@ -367,7 +372,7 @@ CASES = [
          _on_exp(lambda exp, d: (exp / 'checkpoints' / 'best_ema_model.pth').unlink()),
          ('has no checkpoint at', 'best_ema_model.pth'), ('--checkpoint',)),
     Case('sgre_evaluate: a --checkpoint that does not exist', 'sgre_evaluate', _on_exp(None, '--checkpoint', lambda w, d: d / 'nope.pth'),
-         ('nope.pth does not exist',), ('check the path',)),
+         ('nope.pth does not exist',), ('check the path given to --checkpoint',)),
     Case('sgre_evaluate: a garbled checkpoint', 'sgre_evaluate',
          _on_exp(lambda exp, d: put(d / 'garbled.pth', GARBAGE_PTH), '--checkpoint', lambda w, d: d / 'garbled.pth'),
          ('garbled.pth is not a readable PyTorch checkpoint',), ('pass the .pth file saved by training',)),
@@ -395,7 +400,7 @@ CASES = [
          ('was trained for 5 classes', 'label.txt has 10'), ('the dataset it was trained on',)),
     Case('sgre_infer: a non-image file among --images', 'sgre_infer', _on_exp(None, _infer_images),
          ('cannot read the image', 'notes.png', 'cannot identify image file'), ('pass a readable image file',)),
-    Case('sgre_infer: --num -30', 'sgre_infer', _on_exp(None, '--num', '-30'),
+    Case('sgre_infer: --num -31', 'sgre_infer', _on_exp(None, '--num', '-31'),
          ('--num',), ('at least 1',)),
     Case('sgre_infer: a read-only exp-dir', 'sgre_infer', _exp_read_only,
          ('cannot create the folder', 'visualization'), ('choose a destination you can write to',)),
@@ -405,76 +410,9 @@ assert len(BY_ID) == len(CASES)
 PROGS = ['sgre_prepare', 'sgre_embed', 'sgre_train', 'sgre_evaluate', 'sgre_infer']
 assert {c.prog for c in CASES} == set(PROGS)
 
-# ---------------------------------------------------------------------------------------------------------------
-# what still goes wrong: (test, case) -> reason. Strict: a fix makes the test fail until its mark is removed.
-
-_INTERNAL = 'an "internal error" (exit 1) instead of a message: '
-_PARTIAL = 'leaves a half-made experiment behind: '
-KNOWN = {
-    ('says_fix', 'sgre_prepare: an empty list file'):
-        'prepare_voc2007 (sgre/data.py) says only "ImageSets/Main/trainval.txt lists no image."; it has the hint about the '
-        'VOC archives at hand but does not add it (same for NUS-WIDE image lists and Concepts81.txt)',
-    ('says_fix', 'sgre_train: a missing label.txt'):
-        'the suggested fix `sgre_prepare --data digits --root RAW_DIR --dest DIR` fails: --root cannot be used with '
-        '--data digits (train._data_checked always adds --root)',
-    ('says_fix', 'sgre_train: a missing train.txt'):
-        'read_prepared says what a prepared dataset needs, not how to get it (e.g. run sgre_prepare again)',
-    ('says_fix', 'sgre_train: an empty list file'):
-        'read_prepared says what a prepared dataset needs, not how to get it (e.g. run sgre_prepare again)',
-    ('writes_nothing', 'sgre_train: a truncated JPEG'):
-        _PARTIAL + 'the image is met only during fit, after train() has created expN/ (config.yaml, train.log, empty '
-        'checkpoints/) and appended to checkpoint.txt; --resume then refuses that folder',
-    ('writes_nothing', 'sgre_train: a non-image file among the images'):
-        _PARTIAL + 'the image is met only during fit, after train() has created expN/ and appended to checkpoint.txt',
-    ('names_problem', 'sgre_train: an unknown --arch tag'): _INTERNAL + 'RuntimeError "Invalid pretrained tag (nope) for resnet10t." from timm',
-    ('says_fix', 'sgre_train: an unknown --arch tag'): _INTERNAL + 'RuntimeError from timm',
-    ('names_problem', 'sgre_train: --batch-size 0'): _INTERNAL + 'ZeroDivisionError in OneCycle.before_fit',
-    ('says_fix', 'sgre_train: --batch-size 0'): _INTERNAL + 'ZeroDivisionError in OneCycle.before_fit',
-    ('writes_nothing', 'sgre_train: --batch-size 0'): _PARTIAL + 'the options are not checked before expN/ is created',
-    ('names_problem', 'sgre_train: --num-heads that does not divide --attn-dim'):
-        _INTERNAL + 'AssertionError "embed_dim must be divisible by num_heads" from torch',
-    ('says_fix', 'sgre_train: --num-heads that does not divide --attn-dim'): _INTERNAL + 'AssertionError from torch',
-    ('names_problem', 'sgre_train: --resume with a garbled checkpoint'):
-        _INTERNAL + 'UnpicklingError: resume() calls torch.load on checkpoints/last.pth unguarded',
-    ('says_fix', 'sgre_train: --resume with a garbled checkpoint'): _INTERNAL + 'UnpicklingError from torch.load',
-    ('names_problem', 'sgre_train: a read-only --exp-root'):
-        _INTERNAL + 'PermissionError from new_experiment (mkdir), which does not use core._check_writable',
-    ('says_fix', 'sgre_train: a read-only --exp-root'): _INTERNAL + 'PermissionError from new_experiment',
-    ('names_problem', 'sgre_evaluate: a config.yaml that is not text'):
-        _INTERNAL + 'UnicodeDecodeError: train.read_config reads config.yaml without catching decoding errors',
-    ('says_fix', 'sgre_evaluate: a config.yaml that is not text'): _INTERNAL + 'UnicodeDecodeError in read_config',
-    ('names_problem', 'sgre_evaluate: a --checkpoint that does not exist'):
-        'load_run says "EXP has no checkpoint at FILE; the run saved none yet (it stops saving only after its first '
-        'epoch)" for an explicit --checkpoint that does not exist, which is about the default checkpoint, not this one',
-    ('names_problem', 'sgre_evaluate: --batch-size -5'): _INTERNAL + 'ValueError from itertools.islice in the DataLoader',
-    ('says_fix', 'sgre_evaluate: --batch-size -5'): _INTERNAL + 'ValueError from islice',
-    ('writes_nothing', 'sgre_infer: a non-image file among --images'):
-        _PARTIAL.replace('experiment', 'visualization') + 'write_visualizations writes the heat maps of the good image '
-        '(visualization/00001/) before it meets the bad one; it should read and check every image first',
-    ('exit_status', 'sgre_infer: --num -30'):
-        'a negative --num is accepted: data.test[:-30] draws the first 2 of the 32 test images, exit status 0',
-    ('names_problem', 'sgre_infer: --num -30'): 'a negative --num is accepted, no message',
-    ('says_fix', 'sgre_infer: --num -30'): 'a negative --num is accepted, no message',
-    ('writes_nothing', 'sgre_infer: --num -30'): 'a negative --num is accepted and writes heat maps',
-}
-# a case that exits 1 fails the exit-status test too
-for (t, cid), why in list(KNOWN.items()):
-    if why.startswith(_INTERNAL): KNOWN.setdefault(('exit_status', cid), why)
-
-# commands that print a warning before their message (stderr is then more than the one paragraph)
-NOISY = {
-    'sgre_train': 'sgre/train.py imports fastai.callback.* before sgre.data, so fastai\'s "`torch.jit.script` is deprecated" '
-                  'FutureWarning reaches stderr (sgre/data.py silences it, but only for its own imports)',
-    'sgre_infer': 'sgre/viz.py imports fastai.vision.core before sgre.data: the same FutureWarning reaches stderr',
-}
-
-
-def params(test: str, ids=None):
-    out = []
-    for cid in ids or BY_ID:
-        why = KNOWN.get((test, cid))
-        out.append(pytest.param(cid, id=cid, marks=[pytest.mark.xfail(strict=True, reason=why)] if why else []))
-    return out
+def params() -> list:
+    "Every case, by id."
+    return [pytest.param(cid, id=cid) for cid in BY_ID]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -544,7 +482,7 @@ def _message(case) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize('cid', params('exit_status'))
+@pytest.mark.parametrize('cid', params())
 def test_exit_status(ran, cid):
     "Status 2 (an input error) and a single line on stderr, `prog: error: ...`, with no traceback."
     case = _case(ran, cid)
@@ -553,7 +491,7 @@ def test_exit_status(ran, cid):
     assert _message(case).startswith(f'{case.prog}: error: '), case.res.stderr
 
 
-@pytest.mark.parametrize('cid', params('names_problem'))
+@pytest.mark.parametrize('cid', params())
 def test_names_problem(ran, cid):
     case = _case(ran, cid)
     msg = _message(case)
@@ -561,7 +499,7 @@ def test_names_problem(ran, cid):
     for part in case.says: assert part in msg, (part, msg)
 
 
-@pytest.mark.parametrize('cid', params('says_fix'))
+@pytest.mark.parametrize('cid', params())
 def test_says_fix(ran, cid):
     case = _case(ran, cid)
     msg = _message(case)
@@ -570,7 +508,7 @@ def test_says_fix(ran, cid):
     if 'sgre_prepare --data digits' in msg: assert '--root' not in msg, msg   # digits take no --root
 
 
-@pytest.mark.parametrize('cid', params('writes_nothing'))
+@pytest.mark.parametrize('cid', params())
 def test_writes_nothing(ran, cid):
     "The folders the command may write to are as they were: existing results byte-identical, nothing added."
     case = _case(ran, cid)
@@ -579,8 +517,7 @@ def test_writes_nothing(ran, cid):
     assert not added and not changed, f'added: {added}\nchanged or removed: {changed}'
 
 
-@pytest.mark.parametrize('prog', [pytest.param(p, marks=[pytest.mark.xfail(strict=True, reason=NOISY[p])] if p in NOISY else [])
-                                  for p in PROGS])
+@pytest.mark.parametrize('prog', PROGS)
 def test_stderr_is_only_the_message(ran, prog):
     "Nothing but the message reaches stderr (no warnings either)."
     case = next(c for c in CASES if c.prog == prog and not c.skipped)
@@ -632,7 +569,7 @@ def interrupt_and_resume(world, runs: Path) -> dict:
         while not re.search(r'Epoch 2/2 : \|[^\n\r]*\[[123]/4', out.text):
             if proc.poll() is not None: raise AssertionError(f'sgre_train ended ({proc.returncode}) before the second epoch\n{err.text[-3000:]}')
             if time.time() > deadline: raise AssertionError(f'the second epoch did not start\n{out.text[-2000:]}')
-            time.sleep(0.05)
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -652,7 +589,8 @@ def test_interrupt_then_resume(ran):
     seen = ran['interrupted']
     if isinstance(seen, Exception): raise seen
     assert seen['returncode'] == 130, (seen['returncode'], seen['stderr'][-3000:])
-    assert error_lines(seen['stderr']) == ['sgre_train: interrupted; nothing half-written was left behind.'], seen['stderr'][-3000:]
+    assert error_lines(seen['stderr']) == [f"sgre_train: interrupted; the state after the last finished epoch is saved in "
+                                           f"{seen['exp']}; continue with `sgre_train --resume {seen['exp']}`."], seen['stderr'][-3000:]
     assert seen['files'] == EXP_FILES, seen['files']     # no temporary (dot) file
     assert seen['epochs'] == [1], seen['epochs']         # the run stopped during epoch 2
     assert seen['last_epoch'] == 0                       # last.pth: the state after epoch 1 (0-based)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import honouring_permissions
 
 FIX = Path(__file__).parent/'fixtures'
 PREPARE = Path(sys.executable).parent/'sgre_prepare'
@@ -148,23 +149,12 @@ def test_dest_holding_raw_data_is_refused(tmp_path):
     assert digest(raw) == before
 
 
-def _honouring_permissions(folder: Path):
-    "A command prefix under which `folder`'s permission bits apply (root ignores them), or None if there is none."
-    check = [sys.executable, '-c', f'import os; print(os.access({str(folder)!r}, os.W_OK))']
-    prefixes = [()] if os.geteuid() != 0 else []
-    if shutil.which('setpriv'): prefixes.append((shutil.which('setpriv'), '--bounding-set=-all', '--inh-caps=-all'))
-    for prefix in prefixes:
-        probe = subprocess.run([*prefix, *check], capture_output=True, text=True)
-        if probe.stdout.strip() == 'False': return prefix
-    return None
-
-
 def test_read_only_destination(tmp_path):
     parent = tmp_path/'ro'
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        prefix = _honouring_permissions(parent)
+        prefix = honouring_permissions(parent)
         if prefix is None: pytest.skip('running as root without setpriv: permission bits cannot be tested')
         res = run('--data', 'digits', '--n-train', 5, '--n-test', 5, '--dest', parent/'digits', prefix=prefix)
         assert_error(res, f'the folder {parent} is not writable')
