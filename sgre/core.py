@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['SGREError', 'SGREInterrupted', 'sgre_error', 'atomic_write', 'atomic_dir', 'run_cli', 'check_at_least',
-           'seed_everything']
+           'check_between', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #2b816ced
 import contextlib, os, random, shutil, sys, tempfile, traceback, uuid
@@ -116,6 +116,17 @@ def check_at_least(flag:str, # the option as typed, e.g. `--batch-size`
     "Refuse an option value below `least` with a message naming the flag."
     if value is not None and value < least:
         raise sgre_error(f'{flag} {value} is out of range; it must be at least {least}.')
+
+def check_between(flag:str, # the option as typed, e.g. `--threshold`
+                  value, # its value (None: not given, nothing to check)
+                  low, high, # the allowed range: [low, high), or (low, high) with `open_low`
+                  open_low:bool=False, # exclude `low` too
+                 ):
+    "Refuse an option value outside [low, high) (or (low, high)) with a message naming the flag."
+    if value is None: return
+    above_low = low < value if open_low else low <= value
+    if not (above_low and value < high):
+        raise sgre_error(f'{flag} {value} is out of range; it must lie in {"(" if open_low else "["}{low}, {high}).')
 
 # %% ../nbs/00_core.ipynb #14ef47c3
 def seed_everything(seed:int=0, # the seed for Python, NumPy and PyTorch

@@ -183,7 +183,7 @@ import argparse, sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import atomic_write, check_at_least, run_cli
+from .core import atomic_write, check_at_least, check_between, run_cli
 
 # %% ../nbs/05_eval.ipynb #ddfc9442
 def run_config(exp_dir:str|Path, # an experiment folder
@@ -370,7 +370,7 @@ def _main(argv):
     a = ap.parse_args(argv)
     for flag, v in (('--batch-size', a.batch_size), ('--topk', a.topk)): check_at_least(flag, v, 1)
     check_at_least('--num-workers', a.num_workers, 0)
-    if not 0 <= a.threshold < 1: raise sgre_error(f'--threshold {a.threshold} is out of range; it must lie in [0, 1).')
+    check_between('--threshold', a.threshold, 0, 1)
     if not Path(a.exp_dir).is_dir(): raise sgre_error(f'{a.exp_dir} is not a folder; pass the experiment folder of a run.')
     import torch
     run = load_run(a.exp_dir, a.checkpoint, a.official or None, device='cuda' if torch.cuda.is_available() else 'cpu')

@@ -35,7 +35,7 @@ from fastcore.imports import IN_NOTEBOOK
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
-from .core import SGREError, SGREInterrupted, atomic_write, check_at_least, run_cli, seed_everything, sgre_error
+from .core import SGREError, SGREInterrupted, atomic_write, check_at_least, check_between, run_cli, seed_everything, sgre_error
 from .data import prepare_digits, sgre_dls
 from .embeddings import load_embeddings, write_embeddings
 from .loss import SGRELoss, make_loss
@@ -521,7 +521,7 @@ def parse_config(argv:list) -> tuple: # (config dict, resume folder or None)
 _AT_LEAST = dict(batch_size=1, img_size=1, max_epochs=1, num_heads=1, attn_dim=1, step_size=1, topk=1, num_layers=0,
                  num_workers=0, clip=0, gamma_pos=0, gamma_neg=0, lamda=0, weight_decay=0)
 _POSITIVE = ('lr', 'tau')     # > 0
-_UNIT = dict(ema_decay=(0, 1), pct_start=(0, 1), threshold=(0, 1))   # strictly inside (a, b)
+_OPEN_UNIT = ('ema_decay', 'pct_start')   # inside (0, 1)
 
 def _check_options(cfg:dict):
     "Refuse option values that cannot work, naming the flag."
@@ -529,9 +529,8 @@ def _check_options(cfg:dict):
     for k, least in _AT_LEAST.items(): check_at_least(flag(k), cfg.get(k), least)
     for k in _POSITIVE:
         if cfg.get(k) is not None and not cfg[k] > 0: raise sgre_error(f'{flag(k)} {cfg[k]} is out of range; it must be above 0.')
-    for k, (a, b) in _UNIT.items():
-        if cfg.get(k) is not None and not a < cfg[k] < b:
-            raise sgre_error(f'{flag(k)} {cfg[k]} is out of range; it must lie strictly between {a} and {b}.')
+    for k in _OPEN_UNIT: check_between(flag(k), cfg.get(k), 0, 1, open_low=True)
+    check_between('--threshold', cfg.get('threshold'), 0, 1)
 
 # %% ../nbs/04_train.ipynb #0d413f07
 def _data_checked(cfg:dict):
@@ -692,15 +691,15 @@ def resume(exp_dir:str|Path, # the folder of the interrupted run
     if not last.is_file():
         raise sgre_error(f'{exp_dir} has no checkpoints/last.pth: the run stopped before finishing its first epoch;',
                          'start it again instead.')
+    try: st = torch.load(last, map_location='cpu', weights_only=False)
+    except Exception as e:
+        raise sgre_error(f'{last} is not a readable checkpoint ({type(e).__name__}: {str(e)[:100]}); the saved state is',
+                         'damaged, so this run cannot be resumed: start it again.') from None
     _init_distributed(cfg)
     cfg = {k: v for k, v in cfg.items() if k not in ('num_classes', 'labels', 'world_size')}
     learn = build_learner(cfg, device=_device())
     cb = Experiment(exp_dir, estop=cfg['estop'])
     learn.add_cbs([cb] + L(cbs))
-    try: st = torch.load(last, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise sgre_error(f'{last} is not a readable checkpoint ({type(e).__name__}: {str(e)[:100]}); the saved state is',
-                         'damaged, so this run cannot be resumed: start it again.') from None
     cb.load_state(st)
     if learn.first_epoch >= cfg['max_epochs'] or (cfg['estop'] and cb.wait >= cb.patience):
         print(f'{exp_dir} had already finished; nothing to resume.'); return exp_dir

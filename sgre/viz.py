@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .core import SGREError, atomic_dir, check_at_least, run_cli, sgre_error
+from .core import SGREError, atomic_dir, check_at_least, check_between, run_cli, sgre_error
 from .data import read_prepared   # first: it imports fastai with fastai's import-time warnings silenced
 from fastai.vision.core import imagenet_stats
 from .metrics import Run, load_run
@@ -207,7 +207,7 @@ def _main(argv):
     ap.add_argument('--threshold', type=float, default=0.5, help='score above which a label is predicted')
     a = ap.parse_args(argv)
     check_at_least('--num', a.num, 1)
-    if not 0 <= a.threshold < 1: raise sgre_error(f'--threshold {a.threshold} is out of range; it must lie in [0, 1).')
+    check_between('--threshold', a.threshold, 0, 1)
     if not Path(a.exp_dir).is_dir(): raise sgre_error(f'{a.exp_dir} is not a folder; pass the experiment folder of a run.')
     run = load_run(a.exp_dir, a.checkpoint)
     folders = write_visualizations(run, a.images, a.num, a.threshold)
