@@ -371,7 +371,6 @@ def _main(argv):
     for flag, v in (('--batch-size', a.batch_size), ('--topk', a.topk)): check_at_least(flag, v, 1)
     check_at_least('--num-workers', a.num_workers, 0)
     check_between('--threshold', a.threshold, 0, 1)
-    if not Path(a.exp_dir).is_dir(): raise sgre_error(f'{a.exp_dir} is not a folder; pass the experiment folder of a run.')
     import torch
     run = load_run(a.exp_dir, a.checkpoint, a.official or None, device='cuda' if torch.cuda.is_available() else 'cpu')
     res = evaluate(run, a.batch_size, a.threshold, a.topk, a.num_workers)

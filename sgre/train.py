@@ -331,6 +331,7 @@ def write_config(cfg:dict, path:str|Path):
 
 def read_config(exp_dir:str|Path) -> dict:
     "The options of a run, from its `config.yaml`."
+    if not Path(exp_dir).is_dir(): raise sgre_error(f'{exp_dir} is not a folder; pass the experiment folder of a run.')
     p = Path(exp_dir) / 'config.yaml'
     if not p.is_file(): raise sgre_error(f'{exp_dir} has no config.yaml, so it is not an experiment folder written by `sgre_train`.')
     try: cfg = yaml.safe_load(p.read_text(encoding='utf-8'))

@@ -208,7 +208,6 @@ def _main(argv):
     a = ap.parse_args(argv)
     check_at_least('--num', a.num, 1)
     check_between('--threshold', a.threshold, 0, 1)
-    if not Path(a.exp_dir).is_dir(): raise sgre_error(f'{a.exp_dir} is not a folder; pass the experiment folder of a run.')
     run = load_run(a.exp_dir, a.checkpoint)
     folders = write_visualizations(run, a.images, a.num, a.threshold)
     print(f'wrote heat maps of {len(folders)} image(s) in {run.exp_dir / "visualization"}')
