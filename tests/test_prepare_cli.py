@@ -1,6 +1,6 @@
 """The `sgre_prepare` console script, run as a user runs it (a subprocess), and loading errors from worker processes.
 
-The preparers' rules and their error messages are tested in nbs/00_data.ipynb; these tests check what only a
+The preparers' rules and their error messages are tested in nbs/01_data.ipynb; these tests check what only a
 real process shows: exit codes, what reaches stdout/stderr, that a failed or interrupted run leaves nothing
 behind and an existing dataset untouched, a read-only destination, and an unreadable image met in a
 DataLoader worker process.

@@ -59,7 +59,7 @@ def _directives(src: str) -> tuple[dict, str]:
 
 
 def _page_links() -> dict:
-    "Docs page name -> notebook path, e.g. 'model.html' -> 'nbs/02_model.ipynb' (nbdev drops the number prefix)."
+    "Docs page name -> notebook path, e.g. 'model.html' -> 'nbs/03_model.ipynb' (nbdev drops the number prefix)."
     return {re.sub(r'^\d+[a-z]?_', '', p.stem) + '.html': f'nbs/{p.name}' for p in sorted((ROOT / 'nbs').glob('*.ipynb'))}
 
 
