@@ -277,7 +277,11 @@ def load_embeddings(data_dir:str|Path, # a prepared dataset folder holding label
     n = len(_read_labels(data_dir))
     if kind == 'random': return None
     f, fix = data_dir/f'{kind}.npy', f'`sgre_embed --data {data_dir} --kind {kind}`'
-    if not f.is_file(): raise sgre_error(f'{f} does not exist; create it with {fix}.')
+    if not f.is_file():
+        there = [k for k in EMBED_KINDS if k not in ('random', kind) and (data_dir/f'{k}.npy').is_file()]
+        raise sgre_error(f'{f} does not exist; create it with {fix}', 
+                         f"or use what {data_dir} has: {', '.join(k + '.npy' for k in there)} (`sgre_train --embed-type {there[0]}`)." if there
+                         else '(or train with `--embed-type random` to learn them).')
     try: e = np.load(f, allow_pickle=False)
     except Exception as ex:
         raise sgre_error(f'{f} is not a readable .npy array ({_short(ex, 120)}); recreate it with {fix}.') from None

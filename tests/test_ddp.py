@@ -8,7 +8,8 @@ import torch
 
 from sgre.data import prepare_digits
 from sgre.metrics import mean_ap
-from sgre.train import build_learner, predict_dl, read_config
+from sgre.experiment import build_learner, read_config
+from sgre.train import predict_dl
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgre.metrics import load_run, mean_ap
+from sgre.experiment import load_run
+from sgre.metrics import mean_ap
 from sgre.viz import attention_in_boxes
 
 ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', PYTHONUNBUFFERED='1')
