@@ -18,6 +18,7 @@ import torch.distributed as dist
 with warnings.catch_warnings():  # fastai 2.8.7 warns at import about torch.jit.script and a pandas option; not ours to fix
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
     warnings.filterwarnings('ignore', message=".*mode.chained_assignment")
+    warnings.filterwarnings('ignore', message='IProgress not found')  # tqdm, in a Jupyter kernel without ipywidgets, when fastai.distributed imports accelerate
     from fastai.callback.core import Callback
     from fastai.callback.fp16 import MixedPrecision
     from fastai.callback.progress import ProgressCallback

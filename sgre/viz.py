@@ -56,13 +56,15 @@ def preprocess(image, # a path, a PIL image or a (3, H, W) tensor in [0, 1]
 
 # %% ../nbs/09_viz.ipynb #5ec8c54a
 def _resolve(model_or_exp, labels=None, img_size=None, orid_norm=False) -> tuple:
-    "(model, labels, img_size, orid_norm) from an experiment folder, a `Run`, or a model with its labels."
-    if isinstance(model_or_exp, (str, Path)): model_or_exp = load_run(model_or_exp)
-    if isinstance(model_or_exp, Run):
+    "(model, labels, img_size, orid_norm) from an experiment or model folder, a `Run` or `Exported`, or a model with its labels."
+    if isinstance(model_or_exp, (str, Path)):
+        from sgre.deploy import _load_any   # here, not at the top: sgre.deploy imports this module
+        model_or_exp = _load_any(model_or_exp)
+    if isinstance(model_or_exp, Run) or all(hasattr(model_or_exp, a) for a in ('model', 'labels', 'cfg')):   # a Run or an Exported
         r = model_or_exp
         return r.model, r.labels, r.cfg['img_size'], r.cfg['orid_norm']
     if not isinstance(model_or_exp, SGRE):
-        raise sgre_error(f'expected an experiment folder, a Run or an SGRE model, got {type(model_or_exp).__name__}.')
+        raise sgre_error(f'expected an experiment or model folder, a Run, an Exported or an SGRE model, got {type(model_or_exp).__name__}.')
     if labels is None or img_size is None:
         raise sgre_error('with a bare model, pass `labels` (label.txt order) and `img_size` as well.')
     if len(labels) != model_or_exp.num_classes:
@@ -75,7 +77,7 @@ def _run(model:SGRE, x:torch.Tensor):
     out = model(x.to(next(model.parameters()).device))
     return torch.sigmoid(out.logits.float())[0].cpu(), out.attn.float()[0].cpu()
 
-def predict(model_or_exp, # experiment folder, `Run`, or `SGRE` model
+def predict(model_or_exp, # experiment or model folder, `Run` or `Exported`, or `SGRE` model
             image, # a path, a PIL image or a (3, H, W) tensor in [0, 1]
             labels:list|None=None, # class names (with a bare model)
             img_size:int|None=None, # input size (with a bare model)
@@ -98,7 +100,7 @@ def attention_maps(model:SGRE, # an SGRE model
 
 def _chosen(probs, labels, wanted, threshold):
     if wanted is None:
-        idx = [i for i in torch.argsort(probs, descending=True, stable=True).tolist() if probs[i] > threshold]
+        idx = [i for i in torch.argsort(probs, descending=True, stable=True).tolist() if probs[i] >= threshold]   # the paper's rule
         return idx or [int(torch.argmax(probs))]
     unknown = [w for w in wanted if w not in labels]
     if unknown: raise sgre_error(f'unknown labels {unknown}; the model knows: {", ".join(labels)}.')
@@ -108,7 +110,7 @@ def _overlay(ax, im, heat, title):
     ax.imshow(im); ax.imshow(heat, cmap='inferno', alpha=0.55, interpolation='bilinear'); ax.set_title(title, fontsize=9)
     ax.axis('off')
 
-def show_attention(model_or_exp, # experiment folder, `Run`, or `SGRE` model
+def show_attention(model_or_exp, # experiment or model folder, `Run` or `Exported`, or `SGRE` model
                    image, # a path, a PIL image or a (3, H, W) tensor in [0, 1]
                    labels:list|None=None, # labels to show (default: the predicted ones)
                    threshold:float=0.5, # score above which a label counts as predicted
@@ -133,7 +135,7 @@ def show_attention(model_or_exp, # experiment folder, `Run`, or `SGRE` model
     return fig
 
 # %% ../nbs/09_viz.ipynb #70a4ca04
-def attention_in_boxes(model_or_exp, # experiment folder, `Run`, or `SGRE` model
+def attention_in_boxes(model_or_exp, # experiment or model folder, `Run` or `Exported`, or `SGRE` model
                        data_dir:str|Path, # a prepared digits folder (with boxes.json)
                        split:str='test', # 'test' or 'train'
                        limit:int|None=None, # at most this many images
@@ -159,20 +161,24 @@ def attention_in_boxes(model_or_exp, # experiment folder, `Run`, or `SGRE` model
 # %% ../nbs/09_viz.ipynb #6014ffbc
 def _safe(name:str) -> str: return re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_') or 'label'
 
-def write_visualizations(run:Run, # from `load_run`
-                         images:list|None=None, # image paths (default: the first `num` test images)
+def write_visualizations(run, # a `Run` from `load_run`, or an `Exported` from `load_model` (with `images`)
+                         images:list|None=None, # image paths (default: the first `num` test images of a run)
                          num:int=8, # how many test images by default
                          threshold:float=0.5, # score above which a label is predicted
-                         dest:str|Path|None=None, # default: EXP/visualization
+                         dest:str|Path|None=None, # default: EXP/visualization; for a model folder, visualization in the working folder
                         ) -> list: # the folders written
-    "Heat-map folders for some images of a run."
+    "Heat-map folders for some images of a run or a model folder."
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    dest = Path(dest or run.exp_dir / 'visualization')
-    data = read_prepared(run.cfg['data_dir'])
-    truth = {str(Path(p)): labs for p, labs in data.test}
-    paths = [Path(p) for p in images] if images else [Path(p) for p, _ in data.test[:num]]
+    if isinstance(run, Run):
+        dest = Path(dest or run.exp_dir / 'visualization')
+        data = read_prepared(run.cfg['data_dir'])
+        truth, default = {str(Path(p)): labs for p, labs in data.test}, [Path(p) for p, _ in data.test[:num]]
+    elif images:   # a model folder: no dataset, so no ground truth
+        dest, truth, default = Path(dest or 'visualization'), {}, []
+    else: raise sgre_error(f'{run.path} is a model folder, which holds no test images; name the images to draw (--images FILE ...).')
+    paths = [Path(p) for p in images] if images else default
     missing = [str(p) for p in paths if not p.is_file()]
     if missing: raise sgre_error(f'no such image: {", ".join(missing[:5])}; pass existing image files with --images.')
     size, norm = run.cfg['img_size'], run.cfg['orid_norm']
@@ -199,18 +205,29 @@ def write_visualizations(run:Run, # from `load_run`
     return written
 
 def _main(argv):
-    ap = argparse.ArgumentParser(prog='sgre_infer', description="Draw the attention heat maps of a trained run's labels.")
-    ap.add_argument('--exp-dir', required=True, help='experiment folder (config.yaml, checkpoints/)')
-    ap.add_argument('--images', nargs='+', help='image files (default: the first --num test images)')
+    ap = argparse.ArgumentParser(prog='sgre_infer', description="Draw the attention heat maps of a trained model's labels.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument('--exp-dir', help='experiment folder (config.yaml, checkpoints/)')
+    src.add_argument('--model', metavar='DIR', help='a model folder (sgre_export; needs --images) or an experiment folder')
+    ap.add_argument('--images', nargs='+', help='image files (default: the first --num test images of the experiment)')
     ap.add_argument('--num', type=int, default=8, help='how many test images by default')
-    ap.add_argument('--checkpoint', help='weights (default: checkpoints/best_ema_model.pth)')
+    ap.add_argument('--checkpoint', help="an experiment's weights (default: checkpoints/best_ema_model.pth)")
     ap.add_argument('--threshold', type=float, default=0.5, help='score above which a label is predicted')
+    ap.add_argument('--dest', help='folder for the heat maps (default: EXP/visualization; with a model folder, '
+                    'visualization in the working folder)')
     a = ap.parse_args(argv)
     check_at_least('--num', a.num, 1)
     check_between('--threshold', a.threshold, 0, 1)
-    run = load_run(a.exp_dir, a.checkpoint)
-    folders = write_visualizations(run, a.images, a.num, a.threshold)
-    print(f'wrote heat maps of {len(folders)} image(s) in {run.exp_dir / "visualization"}')
+    if a.model is not None and not (Path(a.model) / 'config.yaml').is_file():   # a model folder (or neither: load_model says why)
+        from sgre.deploy import load_model   # here, not at the top: sgre.deploy imports this module
+        run = load_model(a.model)
+        if a.checkpoint:
+            raise sgre_error('--checkpoint chooses the weights of an experiment folder; a model folder holds its own',
+                             '(export other weights with `sgre_export --checkpoint`).')
+        if not a.images: raise sgre_error(f'{a.model} is a model folder, which holds no test images; name the images to draw with --images FILE ...')
+    else: run = load_run(a.exp_dir or a.model, a.checkpoint)
+    folders = write_visualizations(run, a.images, a.num, a.threshold, a.dest)
+    print(f'wrote heat maps of {len(folders)} image(s) in {folders[0].parent}')
 
 def sgre_infer_cli():
     "Console script `sgre_infer`."

@@ -1,9 +1,10 @@
 """Build the project's documents without Quarto: the docs site in `_docs/` and README.md.
 
-    python tools/build_docs.py              # the site into _docs/, and README.md from nbs/index.ipynb
-    python tools/build_docs.py --no-readme  # the site only (the docs test uses this)
-    python tools/build_docs.py --force      # rebuild the site even when _docs/ is current
-    python tools/build_docs.py --check      # fail if README.md is not what the notebook gives
+    python tools/build_docs.py                # the site into _docs/, and README.md from nbs/index.ipynb
+    python tools/build_docs.py --no-readme    # the site only (the docs test uses this)
+    python tools/build_docs.py --readme-only  # README.md only: no site, no npm
+    python tools/build_docs.py --force        # rebuild the site even when _docs/ is current
+    python tools/build_docs.py --check        # fail if README.md is not what the notebook gives
 
 The site is what `nbdev_docs` makes, rendered without Quarto, which cannot be installed everywhere:
 
@@ -19,15 +20,17 @@ The site is what `nbdev_docs` makes, rendered without Quarto, which cannot be in
    links to the published site (doc_host) become relative, so they work offline; Quarto-only keys
    are dropped.
 3. `smalldocs render --strict` renders it; any warning fails the build.
-4. KaTeX comes from the `katex` npm package (`npm ci --prefix tools`), copied into the site, so
+4. KaTeX comes from the `katex` npm package, copied into the site, so
    equations render offline; the theme's Google Fonts import is dropped (its fallback fonts are used);
-   the build fails if a page or stylesheet still loads anything from the network.
+   the build fails if a page or stylesheet still loads anything from the network. When tools/node_modules
+   lacks the pinned version (a fresh clone), the build runs `npm ci --prefix tools --no-audit --no-fund`
+   itself (the npm registry, once; npm must be installed).
 5. The finished site replaces `_docs/` in one rename, with a stamp of its inputs: a failed build
    leaves the previous site, never half of one, and an unchanged tree is not rebuilt.
 
 `nbdev_readme` renders through Quarto too; README.md is made with nbconvert's Markdown exporter
 after dropping what nbdev hides (cells marked `#| hide`, directive lines, outputs of `#| echo: false`
-cells are kept but their source is dropped).
+cells are kept but their source is dropped: such a cell gives its outputs only, no empty code block).
 """
 import argparse, copy, hashlib, json, os, posixpath, re, shutil, subprocess, sys, tempfile, time
 from importlib.metadata import version
@@ -77,6 +80,7 @@ def readme_notebook(nb):
             if 'hide' in d or 'default_exp' in d and not src: continue
             if d.get('echo') == 'false': src = ''
             cell.source = src
+            if not src: cell.metadata['transient'] = {'remove_source': True}   # its outputs only, no empty code block
             cell.outputs = [o for o in cell.outputs if o.get('output_type') != 'stream' or o.get('name') != 'stderr']
             for o in cell.outputs:   # fastprogress's tables carry a <style> block that Markdown viewers print as text
                 html = o.get('data', {}).get('text/html')
@@ -118,7 +122,7 @@ def check_readme():
     text, images = build_readme()
     have = {p.name: p.read_bytes() for p in files.glob('*')} if files.exists() else {}
     if not readme.exists() or readme.read_text(encoding='utf-8') != text or have != images:
-        sys.exit('README.md (or README_files/) is stale: run `python tools/build_docs.py` and commit them.')
+        sys.exit('README.md (or README_files/) is stale: run `python tools/build_docs.py --readme-only` and commit them.')
     print('README.md is current.')
 
 
@@ -308,14 +312,27 @@ def render(proj: Path, nbs: Path, sources: dict) -> int:
     return len(warns)
 
 
-def katex_dist() -> Path:
-    "The `katex` npm package that tools/package.json pins, installed under tools/node_modules."
-    want = json.loads((TOOLS / 'package.json').read_text())['dependencies']['katex']
+def _katex_version() -> str | None:
     pkg = KATEX_DIST.parent / 'package.json'
-    have = json.loads(pkg.read_text())['version'] if pkg.exists() else None
-    if have != want:
-        raise BuildFailed(f'KaTeX {want} is needed under tools/node_modules (found {have or "none"}): '
-                          'run `npm ci --prefix tools` (the npm registry, once), then build again.')
+    return json.loads(pkg.read_text())['version'] if pkg.exists() else None
+
+
+def katex_dist() -> Path:
+    """The `katex` npm package that tools/package.json pins, under tools/node_modules: when it is missing
+    (a fresh clone) or another version, `npm ci` installs what tools/package-lock.json says, as `.ci/run` does."""
+    want = json.loads((TOOLS / 'package.json').read_text())['dependencies']['katex']
+    have = _katex_version()
+    if have == want: return KATEX_DIST
+    cmd = ['npm', 'ci', '--prefix', 'tools', '--no-audit', '--no-fund']
+    if not shutil.which('npm'):
+        raise BuildFailed(f'KaTeX {want} is needed under tools/node_modules (found {have or "none"}), and npm is not '
+                          'installed to fetch it: install Node.js with npm (Debian/Ubuntu: `sudo apt-get install npm`; '
+                          f'others: https://nodejs.org), then build again, or run `{" ".join(cmd)}` yourself.')
+    print(f'KaTeX {want} is needed under tools/node_modules (found {have or "none"}): {" ".join(cmd)}', flush=True)
+    r = subprocess.run(cmd, cwd=ROOT)
+    if r.returncode or _katex_version() != want:
+        raise BuildFailed(f'`{" ".join(cmd)}` did not install KaTeX {want} (exit {r.returncode}, found '
+                          f'{_katex_version() or "none"}): it needs the npm registry, once; see npm\'s output above.')
     return KATEX_DIST
 
 
@@ -424,9 +441,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--check', action='store_true', help='only check that README.md is current; build nothing')
     ap.add_argument('--no-readme', action='store_true', help='build the site only')
+    ap.add_argument('--readme-only', action='store_true', help='write README.md only; build no site')
     ap.add_argument('--force', action='store_true', help='rebuild the site even when _docs/ is current')
     a = ap.parse_args(argv)
     if a.check: return check_readme()
+    if a.readme_only: return write_readme()
     try: build_site(force=a.force)
     except BuildFailed as e: sys.exit(f'build_docs: {e}')
     if not a.no_readme: write_readme()
