@@ -8,7 +8,9 @@ __all__ = ['SEED_DEFAULTS', 'DIGITS_DEFAULTS', 'new_experiment', 'save_atomic', 
            'run_config', 'Run', 'load_run', 'sgre_train_cli']
 
 # %% ../nbs/07_experiment.ipynb #172591d5
-import argparse, contextlib, csv, math, os, random, shutil, sys, time
+import argparse, contextlib, csv, math, os, random, re, shutil, signal, sys, threading, time, warnings
+from datetime import timedelta
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from fastai.torch_core import default_device, num_distrib, rank_distrib
 from fastcore.foundation import L
 from fastcore.imports import IN_NOTEBOOK
 
-from .core import SGREInterrupted, atomic_write, check_at_least, check_between, run_cli, seed_everything, sgre_error
+from .core import SGREInterrupted, SGREPeerLost, _comm_failure, atomic_write, check_at_least, check_between, run_cli, seed_everything, sgre_error
 from .data import prepare_digits, read_prepared, sgre_dls
 from .embeddings import load_embeddings, write_embeddings
 from .model import SGRE, official_state_dict, read_state_dict
@@ -102,6 +104,7 @@ class Experiment(Callback):
                  patience:int=3):
         self.exp_dir, self.estop, self.patience = Path(exp_dir), estop, patience
         self.best, self.best_epoch, self.wait = -math.inf, None, 0
+        self.saved = None  # the last epoch whose state is in last.pth, as every process knows it
 
     @property
     def main(self): return rank_distrib() == 0
@@ -142,6 +145,8 @@ class Experiment(Callback):
                      f"mAP {row['mAP']:.4f}  ema_mAP {row['ema_mAP']:.4f}  lr {row['lr']:.3g}  time {row['seconds']:.1f}s  "
                      f"samples per rank {seen}" + ('  * best, saved' if improved else ''))
             self.save_state()
+        gather_rows(torch.tensor([self.epoch]))   # a barrier: every process knows the epoch is saved (what it says if a peer is lost later)
+        self.saved = self.epoch
         if self.estop and self.wait >= self.patience:
             self.log(f'early stop: no improvement of ema_mAP for {self.wait} epochs')
             raise CancelFitException
@@ -179,6 +184,46 @@ class Experiment(Callback):
         learn.first_epoch = st['epoch'] + 1
         set_rng_state(learn, st['rng'])
         self._scaler_state = st.get('scaler')
+        self.saved = st['epoch']
+
+# %% ../nbs/07_experiment.ipynb #9b2f4d61
+class _TensorBoard(Callback):
+    "TensorBoard scalars in the experiment folder, written by rank 0: loss and learning rate per step, validation values per epoch."
+    order = 58  # after Recorder (50) has the epoch's values; before Experiment (60), which may stop the fit after an epoch
+    def __init__(self, exp_dir:str|Path): self.exp_dir, self.writer = Path(exp_dir), None
+
+    def before_fit(self):
+        self.steps = len(self.dls.train)   # optimizer steps per epoch (the DistributedDL's own count under DDP)
+        if rank_distrib() != 0: return
+        with warnings.catch_warnings():    # some tensorboard/setuptools pairs warn at import (pkg_resources, distutils)
+            warnings.simplefilter('ignore', DeprecationWarning)
+            warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+            from torch.utils.tensorboard import SummaryWriter
+        first = getattr(self.learn, 'first_epoch', 0) * self.steps
+        self.writer = SummaryWriter(str(self.exp_dir), purge_step=first or None)
+
+    def after_batch(self):
+        if not self.training: return
+        losses = gather_rows(self.learn.loss.detach().float().reshape(1))   # every process takes part
+        if self.writer is None: return
+        step = self.epoch * self.steps + self.iter
+        self.writer.add_scalar('train/loss', losses.mean().item(), step)
+        self.writer.add_scalar('train/lr', self.opt.hypers[-1]['lr'], step)
+
+    def after_epoch(self):
+        if self.writer is None: return
+        rec = dict(zip(self.learn.recorder.metric_names[1:], self.learn.final_record))
+        for tag, k in (('valid/loss', 'valid_loss'), ('valid/mAP', 'mAP'), ('valid/ema_mAP', 'ema_mAP')):
+            if rec.get(k) is not None: self.writer.add_scalar(tag, rec[k], (self.epoch + 1) * self.steps - 1)
+        self.writer.flush()
+
+    def after_fit(self): self.close()
+
+    def close(self):
+        "Write out and close the event file; never raises (TensorBoard's copy must not fail a run)."
+        w, self.writer = self.writer, None
+        if w is not None:
+            with contextlib.suppress(Exception): w.close()
 
 # %% ../nbs/07_experiment.ipynb #d3cf8b99
 SEED_DEFAULTS = dict(
@@ -330,11 +375,46 @@ def _prepare_demo(cfg:dict):
         print(f"computing {cfg['embed_type']} label embeddings ...", flush=True)
         write_embeddings(d, cfg['embed_type'])
 
-def _init_distributed(cfg:dict):
+_DIST_TIMEOUT = 300   # seconds a process waits for an answer from another one (SGRE_DIST_TIMEOUT to change)
+
+def _dist_timeout() -> float:
+    v = os.environ.get('SGRE_DIST_TIMEOUT', str(_DIST_TIMEOUT))
+    try: t = float(v)
+    except ValueError: t = -1.
+    if not 0 < t < math.inf: raise sgre_error(f'SGRE_DIST_TIMEOUT={v} is not a number of seconds above 0; unset it or set it to e.g. 300.')
+    return t
+
+def _init_distributed(cfg:dict|None=None):
     "Join the process group when launched with several processes (accelerate launch, torchrun)."
     if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or _distributed(): return
     from accelerate import PartialState
-    PartialState(cpu=not torch.cuda.is_available())
+    try: PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=_dist_timeout()))
+    except Exception as e:
+        if not _comm_failure(e): raise
+        raise sgre_error(f"the {os.environ['WORLD_SIZE']} processes of this run could not connect ({str(e).strip().splitlines()[0][:200]});",
+                         'start the same launch command on every machine, with the same master address and port, and check that',
+                         'every machine can reach that address.') from e
+    _defer_sigterm()
+
+class _Terminated(KeyboardInterrupt):
+    "SIGTERM in a distributed run: from the launcher, once another process of the machine has failed, or from the system."
+
+_SIGTERM = dict(seen=False, pid=None)
+
+def _defer_sigterm():
+    "SIGTERM stops training at the next batch instead of killing at once, so an error being handled is handled to the end."
+    if threading.current_thread() is not threading.main_thread(): return
+    _SIGTERM['pid'] = os.getpid()
+    def on_sigterm(signum, frame):
+        if os.getpid() != _SIGTERM['pid']:   # a forked data-loading process: SIGTERM's usual effect
+            signal.signal(signal.SIGTERM, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGTERM); return
+        _SIGTERM['seen'] = True
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+class _StopOnSigterm(Callback):
+    "Stop the fit at the next batch once SIGTERM has come (see `_defer_sigterm`)."
+    def before_batch(self):
+        if _SIGTERM['seen']: raise _Terminated('SIGTERM')
 
 def _check_exp_root(cfg:dict):
     "Fail now, not after building the learner, if the experiment folder cannot be created."
@@ -366,10 +446,10 @@ def _undo_run(exp:Path, existed:Path, old=_KEEP):
     while p != existed and p != p.parent and p.is_dir() and not any(p.iterdir()): p.rmdir(); p = p.parent
 
 def _fit(learn:SGRELearner, cfg:dict):
-    ctx = (learn.distrib_ctx(sync_bn=torch.cuda.is_available(), cpu=not torch.cuda.is_available())
-           if _distributed() else contextlib.nullcontext())
+    ddp = _distributed()
+    ctx = learn.distrib_ctx(sync_bn=torch.cuda.is_available(), cpu=not torch.cuda.is_available()) if ddp else contextlib.nullcontext()
     with ctx: fit_recipe(learn, cfg['max_epochs'], lr=cfg['lr'], lr_scheduler=cfg['lr_scheduler'],
-                         pct_start=cfg['pct_start'], step_size=cfg['step_size'])
+                         pct_start=cfg['pct_start'], step_size=cfg['step_size'], cbs=_StopOnSigterm() if ddp else None)
 
 def train(cfg:dict, # the run's configuration (`parse_config`)
           command:str|None=None, # the command line, recorded in checkpoint.txt
@@ -377,58 +457,88 @@ def train(cfg:dict, # the run's configuration (`parse_config`)
          ) -> Path: # the experiment folder
     "Train a configuration to the end, writing its experiment folder."
     _init_distributed(cfg)
-    seed_everything(cfg['seed'])
-    existed = _check_exp_root(cfg) if rank_distrib() == 0 else None
-    if cfg['data'] == 'digits' and cfg['data_dir'] == str(Path('data') / 'digits'): _main_first(lambda: _prepare_demo(cfg))
-    learn = build_learner(cfg, device=_device())
-    exp = None
-    if rank_distrib() == 0:
-        exp = new_experiment(cfg['exp_root'], cfg['model'], cfg['data'])
-        try:
+    exp = undo = cb = tb = None
+    try:
+        seed_everything(cfg['seed'])
+        existed = _check_exp_root(cfg) if rank_distrib() == 0 else None
+        if cfg['data'] == 'digits' and cfg['data_dir'] == str(Path('data') / 'digits'): _main_first(lambda: _prepare_demo(cfg))
+        learn = build_learner(cfg, device=_device())
+        if rank_distrib() == 0:
+            exp = new_experiment(cfg['exp_root'], cfg['model'], cfg['data'])
+            undo = partial(_undo_run, exp, existed)
             write_config(dict(cfg, num_classes=learn.dls.c, labels=list(learn.dls.vocab), world_size=max(num_distrib(), 1)),
                          exp / 'config.yaml')
-            old = _record_run(exp, command)
-        except BaseException: _undo_run(exp, existed); raise
-    exp = _share(exp)
-    learn.add_cbs([Experiment(exp, estop=cfg['estop'])] + L(cbs))
-    try: _fit(learn, cfg)
+            undo = partial(_undo_run, exp, existed, _record_run(exp, command))
+        exp = _share(exp)
+        cb, tb = Experiment(exp, estop=cfg['estop']), _TensorBoard(exp)
+        learn.add_cbs([cb, tb] + L(cbs))
+        _fit(learn, cfg)
     except BaseException as e:
-        if rank_distrib() == 0 and not (exp / 'checkpoints' / 'last.pth').exists(): _undo_run(exp, existed, old)
-        _interrupted(e, exp)
+        if tb is not None: tb.close()   # before the folder may be removed
+        if undo is not None and not (exp / 'checkpoints' / 'last.pth').exists(): undo()
+        _stopped(e, exp, cb)
         raise
     return exp
 
-def _interrupted(e:BaseException, exp:Path):
-    "A Ctrl-C after an epoch was saved: say how to continue."
-    if isinstance(e, KeyboardInterrupt) and not isinstance(e, SGREInterrupted) and (exp / 'checkpoints' / 'last.pth').exists():
+def _stopped(e:BaseException, exp:Path|None, cb:Experiment|None):
+    "Raise what the user should read instead of `e`, where it helps: what was saved, how to continue."
+    kept = exp is not None and ((cb is not None and cb.saved is not None) or (exp / 'checkpoints' / 'last.pth').exists())
+    if isinstance(e, _Terminated) or (_comm_failure(e) and not isinstance(e, SGREPeerLost)):
+        raise _peer_lost(e, exp if kept else None) from e
+    if isinstance(e, KeyboardInterrupt) and not isinstance(e, SGREInterrupted) and kept:
         raise SGREInterrupted(f'the state after the last finished epoch is saved in {exp}; continue with '
                               f'`sgre_train --resume {exp}`.') from None
+
+def _peer_lost(e:BaseException, exp:Path|None) -> SGREPeerLost:
+    "The message of a process stopped by another one: what was kept, and the command that continues."
+    if isinstance(e, _Terminated):
+        lost = ('this process of a distributed run was stopped by SIGTERM (from its launcher, once another process had failed, '
+                'or from the system)')
+    elif re.search('timed? ?out', str(e), re.I):
+        lost = (f'another process of this distributed run did not answer for {_dist_timeout():g} s (it hangs, or its machine '
+                'or network failed)')
+    else: lost = ('another process of this distributed run was lost (its connection closed: it was killed, ran out of memory, '
+                  'or its machine failed)')
+    if exp is None:
+        msg = sgre_error(f'{lost} before the first epoch was saved, so nothing was kept: start the run again, with the same',
+                         'launch command on every machine.')
+    else:
+        msg = sgre_error(f'{lost}; the state after the last finished epoch is saved in {exp}. Resume it with `sgre_train --resume',
+                         f'{exp}` on every machine, launched as before (`accelerate launch ... -m sgre.train --resume {exp}`, or the',
+                         'same with `torchrun`).')
+    return SGREPeerLost(str(msg))
 
 def resume(exp_dir:str|Path, # the folder of the interrupted run
            cbs=None, # more callbacks
           ) -> Path:
     "Continue an interrupted run from its last completed epoch, to the same end."
     exp_dir = Path(exp_dir)
-    cfg = read_config(exp_dir)
-    last = exp_dir / 'checkpoints' / 'last.pth'
-    if not last.is_file():
-        raise sgre_error(f'{exp_dir} has no checkpoints/last.pth: the run stopped before finishing its first epoch;',
-                         'start it again instead.')
-    try: st = torch.load(last, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise sgre_error(f'{last} is not a readable checkpoint ({type(e).__name__}: {str(e)[:100]}); the saved state is',
-                         'damaged, so this run cannot be resumed: start it again.') from None
-    _init_distributed(cfg)
-    cfg = {k: v for k, v in cfg.items() if k not in ('num_classes', 'labels', 'world_size')}
-    learn = build_learner(cfg, device=_device())
-    cb = Experiment(exp_dir, estop=cfg['estop'])
-    learn.add_cbs([cb] + L(cbs))
-    cb.load_state(st)
-    if learn.first_epoch >= cfg['max_epochs'] or (cfg['estop'] and cb.wait >= cb.patience):
-        print(f'{exp_dir} had already finished; nothing to resume.'); return exp_dir
-    cb.log(f'resumed after epoch {learn.first_epoch}')
-    try: _fit(learn, cfg)
-    except BaseException as e: _interrupted(e, exp_dir); raise
+    _init_distributed()
+    cb = tb = None
+    try:
+        cfg = read_config(exp_dir)
+        last = exp_dir / 'checkpoints' / 'last.pth'
+        if not last.is_file():
+            raise sgre_error(f'{exp_dir} has no checkpoints/last.pth: the run stopped before finishing its first epoch;',
+                             'start it again instead.')
+        try: st = torch.load(last, map_location='cpu', weights_only=False)
+        except Exception as e:
+            raise sgre_error(f'{last} is not a readable checkpoint ({type(e).__name__}: {str(e)[:100]}); the saved state is',
+                             'damaged, so this run cannot be resumed: start it again.') from None
+        cfg = {k: v for k, v in cfg.items() if k not in ('num_classes', 'labels', 'world_size')}
+        learn = build_learner(cfg, device=_device())
+        cb, tb = Experiment(exp_dir, estop=cfg['estop']), _TensorBoard(exp_dir)
+        learn.add_cbs([cb, tb] + L(cbs))
+        cb.load_state(st)
+        if learn.first_epoch >= cfg['max_epochs'] or (cfg['estop'] and cb.wait >= cb.patience):
+            if rank_distrib() == 0: print(f'{exp_dir} had already finished; nothing to resume.')
+            return exp_dir
+        cb.log(f'resumed after epoch {learn.first_epoch}')
+        _fit(learn, cfg)
+    except BaseException as e:
+        if tb is not None: tb.close()
+        _stopped(e, exp_dir, cb)
+        raise
     return exp_dir
 
 def _device():
@@ -513,13 +623,14 @@ def _summary(exp:Path):
             f"(live model {float(best['mAP']):.4f}); experiment folder: {exp}")
 
 def _main(argv):
+    _init_distributed()   # first: every error of every process is then reported by `run_cli`'s rule, once
     cfg, res = parse_config(argv)
     exp = resume(res) if res else train(cfg, command=' '.join(['sgre_train'] + list(argv)))
     if rank_distrib() == 0: print(_summary(Path(exp)))
 
 def sgre_train_cli():
     "Console script `sgre_train`."
-    sys.exit(run_cli(_main))
+    sys.exit(run_cli(_main, prog='sgre_train'))   # also under `python -m sgre.train`
 
 # %% ../nbs/07_experiment.ipynb #b607045c
 #| eval: false

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgre.data import prepare_digits
+from sgre.data import prepare_digits, read_prepared
 from sgre.metrics import mean_ap
 from sgre.experiment import build_learner, read_config
 from sgre.train import predict_dl
@@ -47,9 +47,37 @@ def test_two_cpu_processes(tmp_path):
     assert abs(mean_ap(s.numpy(), t.numpy()) - float(row['ema_mAP'])) <= 1e-6, (mean_ap(s.numpy(), t.numpy()), row)
 
 
+def _ours(stderr: str) -> list:
+    "The lines our processes printed (the launcher adds its own report of the failed processes)."
+    return [l for l in stderr.splitlines() if l.startswith('sgre_train:')]
+
+
+def _no_run_left(tmp_path) -> bool:
+    runs = tmp_path / 'experiments' / 'mlic_digits'
+    return not runs.exists() or not any(runs.iterdir())
+
+
 def test_batch_size_must_split(tmp_path):
+    "Both processes meet the same user error: it is printed once."
     prepare_digits(tmp_path / 'digits', n_train=32, n_test=16, size=32, seed=0)
     res = _launch(tmp_path, '--batch-size', '15')
     assert res.returncode != 0
-    assert 'does not split evenly over 2 processes' in res.stderr, res.stderr[-2000:]
-    assert not (tmp_path / 'experiments' / 'mlic_digits').exists() or not any((tmp_path / 'experiments' / 'mlic_digits').iterdir())
+    assert not [l for l in res.stderr.splitlines() if l.lstrip().startswith('File "') and '/sgre/' in l], res.stderr[-3000:]
+    assert _ours(res.stderr) == ['sgre_train: error: the batch size 15 does not split evenly over 2 processes; use a multiple '
+                                 'of 2, e.g. --batch-size 14.'], res.stderr[-3000:]
+    assert _no_run_left(tmp_path)
+
+
+def test_error_on_one_process_only(tmp_path):
+    """A user error that only rank 1 meets (a damaged test image in the half of the validation set it reads, at the end
+    of epoch 1): rank 1 prints it; rank 0, which then loses rank 1 in the middle of the validation, prints nothing, and
+    removes the run's folder (no epoch was saved)."""
+    data = prepare_digits(tmp_path / 'digits', n_train=32, n_test=16, size=32, seed=0)
+    bad = Path(read_prepared(data).test[-1][0])
+    bad.write_bytes(b'not a png')
+    res = _launch(tmp_path)
+    assert res.returncode != 0
+    ours = _ours(res.stderr)
+    assert len(ours) == 1 and ours[0].startswith(f'sgre_train: error: cannot read the image {bad} ('), res.stderr[-3000:]
+    assert not [l for l in res.stderr.splitlines() if l.lstrip().startswith('File "') and '/sgre/' in l], res.stderr[-3000:]
+    assert _no_run_left(tmp_path)
