@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['ARCH_ALIASES', 'create_backbone', 'sine_position_code', 'PositionCode', 'EncoderLayer', 'Encoder',
            'tanh_bilinear_score', 'LowRankBilinearAttention', 'ClassWiseLinear', 'Phi', 'token_max_head', 'SGREOutput',
-           'SGRE', 'read_state_dict', 'load_official_checkpoint', 'official_state_dict']
+           'SGRE', 'read_state_dict', 'load_official_checkpoint', 'official_state_dict', 'export_onnx']
 
 # %% ../nbs/03_model.ipynb #c87fb388
-import math
+import contextlib, logging, math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import SGREError, sgre_error
+from .core import SGREError, atomic_write, sgre_error
 
 # %% ../nbs/03_model.ipynb #f700bed3
 ARCH_ALIASES = {
@@ -111,6 +111,10 @@ def sine_position_code(h:int, # rows of the feature map
     return torch.cat([_axis(y)[:, :, None].expand(d, h, w), _axis(x)[:, None, :].expand(d, h, w)])
 
 # %% ../nbs/03_model.ipynb #15682b78
+def _tracing() -> bool:
+    "Is the model being captured by `torch.export`, the ONNX exporter or `torch.jit.trace`?"
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
 class PositionCode(nn.Module):
     "The sine code as (1, N, D) tokens, cached per map size, device and dtype."
     def __init__(self, dim:int, temperature:float=10000.):
@@ -118,9 +122,11 @@ class PositionCode(nn.Module):
         self.dim, self.temperature, self._cache = dim, temperature, {}
     def forward(self, h:int, w:int, like:Tensor) -> Tensor:
         key = (h, w, like.device, like.dtype)
-        if key not in self._cache:
-            self._cache[key] = sine_position_code(h, w, self.dim, self.temperature).flatten(1).T[None].to(like)
-        return self._cache[key]
+        code = self._cache.get(key)
+        if code is None:
+            code = sine_position_code(h, w, self.dim, self.temperature).flatten(1).T[None].to(like)
+            if not _tracing(): self._cache[key] = code
+        return code
 
 # %% ../nbs/03_model.ipynb #891249c9
 class EncoderLayer(nn.Module):
@@ -183,11 +189,37 @@ class _TanhBilinearScore(torch.autograd.Function):
                 dV[c] = torch.linalg.vecdot(w, Uf, dim=0)
         return (dU * u).view(B, N, A), dV * u, du
 
+# %% ../nbs/03_model.ipynb #25ac1735
+_CHUNK = 2 ** 20  # elements of tanh(U ⊙ V) per image computed at once on the inference path (4 MiB in float32)
+
+def _inference_path(*ts:Tensor) -> bool:
+    "Plain operations, no custom autograd: while captured for export, or when no gradient flows to any of `ts`."
+    return _tracing() or not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
+
+def _no_autocast(t:Tensor):
+    "Leave autocast for a block that must run in its inputs' precision (a no-op context when autocast is off)."
+    dev = t.device.type
+    return torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext()
+
+def _tanh_bilinear_chunked(U:Tensor, # (B, N, A)
+                           V:Tensor, # (C, A)
+                           u:Tensor, # (A,)
+                           chunk:int=_CHUNK, # at most this many tanh elements per image at once
+                          ) -> Tensor: # (B, C, N)
+    "Σ_a u[a]·tanh(U[b,n,a]·V[c,a]), k classes at a time, with operations `torch.export` and ONNX translate."
+    (B, N, A), C = U.shape, V.shape[0]
+    k = max(1, min(C, chunk // (N * A)))
+    Uf, out = U.reshape(-1, A), U.new_empty(C, B * N)
+    with _no_autocast(U):
+        for c in range(0, C, k): out[c:c + k] = torch.tanh_(V[c:c + k, None] * Uf) @ u   # (k, BN, A) -> (k, BN)
+    return out.view(C, B, N).transpose(0, 1)
+
 def tanh_bilinear_score(U:Tensor, # (B, N, A) projected tokens
                         V:Tensor, # (C, A) projected label embeddings
                         u:Tensor, # (A,) folded weights W_hᵀ w_t
                        ) -> Tensor: # (B, C, N)
-    "Σ_a u[a]·tanh(U[b,n,a]·V[c,a]) without storing any (B, C, N, A) tensor."
+    "Σ_a u[a]·tanh(U[b,n,a]·V[c,a]) without storing any (B, C, N, A) tensor: recompute in training, chunks otherwise."
+    if _inference_path(U, V, u): return _tanh_bilinear_chunked(U, V, u)
     return _TanhBilinearScore.apply(U, V, u)
 
 # %% ../nbs/03_model.ipynb #65452dbf
@@ -287,13 +319,26 @@ class _TokenMaxMLP(torch.autograd.Function):
         grads = (dx.view(B, N, D), dxh.view(B, N, D), dW1, db1, dW2, db2)
         return (*(d.to(t) for d, t in zip(grads, ctx.dtypes)), None, None)
 
+# %% ../nbs/03_model.ipynb #f188ad1d
+def _token_max_plain(x, xh, W1, b1, W2, b2, p, training):
+    "The forward of `_TokenMaxMLP` in plain operations (dropout by `F.dropout`), for the inference path."
+    (B, N, D) = x.shape
+    dt = _autocast_dtype(x) or x.dtype
+    with _no_autocast(x):
+        x, xh, W1, b1, W2, b2 = (t.to(dt) for t in (x, xh, W1, b1, W2, b2))
+        h = torch.addmm(b1, x.reshape(-1, D), W1[:, :D].T).addmm_(xh.reshape(-1, D), W1[:, D:].T).relu_()   # (BN, H)
+        h = F.dropout(h, p, training)
+        return torch.addmm(b2, h, W2.T).view(B, N, -1).amax(1)                                          # (B, C)
+
 def token_max_head(x:Tensor, # (B, N, D) tokens X
                    x_hat:Tensor, # (B, N, D) enhanced tokens X̂
                    fc2:nn.Sequential, # Linear(2D, 2D), ReLU, Dropout, Linear(2D, C)
                   ) -> Tensor: # (B, C) logits
     "The final head: a per-token MLP on [X; X̂], then the maximum over tokens."
     lin1, _, drop, lin2 = fc2
-    return _TokenMaxMLP.apply(x, x_hat, lin1.weight, lin1.bias, lin2.weight, lin2.bias, drop.p, fc2.training)
+    args = (x, x_hat, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
+    if _inference_path(*args): return _token_max_plain(*args, drop.p, fc2.training)
+    return _TokenMaxMLP.apply(*args, drop.p, fc2.training)
 
 # %% ../nbs/03_model.ipynb #a731cb35
 class SGREOutput(NamedTuple):
@@ -462,3 +507,56 @@ def _check_position_code(pe:Tensor, model:SGRE, img_size:int, path):
     if (pe[0].double() - sine_position_code(h, w, D)).abs().max() > 1e-4:
         raise sgre_error(f'the position code stored in {path} differs from the 2-D sine code this model computes;',
                          'the checkpoint was made by a different implementation.')
+
+# %% ../nbs/03_model.ipynb #9c6dcd59
+class _ImagesToOutputs(nn.Module):
+    "images → (logits, attention): the graph `export_onnx` writes."
+    def __init__(self, model:nn.Module):
+        super().__init__()
+        self.model = model
+    def forward(self, images:Tensor):
+        out = self.model(images)
+        return out.logits, out.attn
+
+class _QuietFolding(logging.Filter):
+    "Drop onnxscript's notice that it leaves a constant Split (the encoder's q/k/v weights) unfolded: harmless."
+    def filter(self, record): return not record.getMessage().startswith('Skipping constant folding for op')
+
+def export_onnx(model:SGRE, # the model; captured in eval mode, the modes of its modules are restored afterwards
+                path:str|Path, # the `.onnx` file to write (created or replaced atomically)
+                img_size:int|tuple, # S, or (H, W): the input size, fixed in the file
+                opset:int|None=None, # ONNX opset version; None: the exporter's default
+                metadata:dict|None=None, # more key → value strings to store in the file (e.g. label names)
+               ) -> Path: # the file written
+    "Write `model` as ONNX: input `images` (B, 3, S, S), outputs `logits` (B, C) and `attention` (B, C, h, w), any B."
+    if not isinstance(model, SGRE): raise sgre_error(f'export_onnx needs an `SGRE` model, not {type(model).__name__}.')
+    try: import onnx, onnxscript  # noqa: F401 (the exporter needs both)
+    except ImportError as e:
+        raise sgre_error(f'ONNX export needs the `{e.name}` package, which is not installed;', 'run `pip install onnx onnxscript`.') from None
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if len(size) != 2 or min(size) < 1: raise sgre_error(f'img_size must be a positive size S or (H, W), not {img_size!r}.')
+    H, W = size
+    p = next(model.parameters())
+    if p.dtype != torch.float32:
+        raise sgre_error(f'the model holds {p.dtype} weights, but the ONNX file takes float32 images;', 'call `model.float()` first.')
+    modes = {mod: mod.training for mod in model.modules()}
+    net, x = _ImagesToOutputs(model).eval(), torch.zeros(2, 3, H, W, device=p.device)
+    quiet, log = _QuietFolding(), logging.getLogger('onnxscript.optimizer._constant_folding')
+    try:
+        try:
+            with torch.no_grad(): model(x[:1])
+        except SGREError: raise
+        except Exception as e:
+            raise sgre_error(f'the model does not run on {H}x{W} images ({type(e).__name__}: {str(e)[:200]});',
+                             'pass the image size it was built for.') from None
+        log.addFilter(quiet)
+        prog = torch.onnx.export(net, (x,), input_names=['images'], output_names=['logits', 'attention'],
+                                 dynamic_shapes={'images': {0: torch.export.Dim('batch')}}, opset_version=opset,
+                                 dynamo=True, verbose=False)
+        prog.model.metadata_props.update({'sgre.input': 'images: float32 (batch, 3, H, W), resized and normalised as in training',
+                                          **{str(k): str(v) for k, v in (metadata or {}).items()}})
+        with atomic_write(path) as tmp: prog.save(tmp, external_data=False)
+    finally:
+        log.removeFilter(quiet)
+        for mod, mode in modes.items(): mod.training = mode
+    return Path(path)
