@@ -388,7 +388,10 @@ def _init_distributed(cfg:dict|None=None):
     "Join the process group when launched with several processes (accelerate launch, torchrun)."
     if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or _distributed(): return
     from accelerate import PartialState
-    try: PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=_dist_timeout()))
+    try:
+        with warnings.catch_warnings():   # on a CPU, accelerate sets each process's threads itself when OMP_NUM_THREADS is unset, and warns in each
+            warnings.filterwarnings('ignore', message='OMP_NUM_THREADS/MKL_NUM_THREADS unset')
+            PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=_dist_timeout()))
     except Exception as e:
         if not _comm_failure(e): raise
         raise sgre_error(f"the {os.environ['WORLD_SIZE']} processes of this run could not connect ({str(e).strip().splitlines()[0][:200]});",

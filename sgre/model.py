@@ -8,13 +8,15 @@ __all__ = ['ARCH_ALIASES', 'create_backbone', 'sine_position_code', 'PositionCod
            'SGRE', 'read_state_dict', 'load_official_checkpoint', 'official_state_dict', 'export_onnx']
 
 # %% ../nbs/03_model.ipynb #c87fb388
-import contextlib, logging, math
+import contextlib, logging, math, warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import timm
 import torch
+with warnings.catch_warnings():  # in a Jupyter kernel without ipywidgets, tqdm warns when timm's huggingface_hub imports tqdm.auto
+    warnings.filterwarnings('ignore', message='IProgress not found')
+    import timm
 import torch.nn.functional as F
 from torch import Tensor, nn
 
