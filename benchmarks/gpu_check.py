@@ -30,8 +30,9 @@ hang in one gives a FAILED row and the others still run):
    normalisation on the GPU): images/s with 8 and with 16 workers.
 
 Without a CUDA GPU it prints one line and exits 0 (nothing written). `--cpu-smoke` runs every section on
-the CPU at tiny sizes (resnet10t, 64 px, batch 2, a few steps, 2 workers; `torch.compile` with the
-`aot_eager` backend; the launch with gloo and without SyncBatchNorm) to prove the code paths.
+the CPU at tiny sizes (resnet10t; 32 px images for the model, 64 px for the launch and the loader;
+batch 2; a few steps; 2 workers; `torch.compile` with the `aot_eager` backend; the launch with gloo and
+without SyncBatchNorm, which needs CUDA) to prove the code paths; its numbers mean nothing.
 
 Usage: python benchmarks/gpu_check.py [--out gpu_check.csv] [--budget 460] [--cpu-smoke] [--only SECTION ...]
 """
@@ -50,7 +51,7 @@ HERE = Path(__file__).resolve()
 def sizes(smoke: bool) -> dict:
     "Problem sizes of the real check and of the CPU smoke run."
     if smoke:
-        return dict(arch='resnet10t', bb=dict(output_stride=8), img=64, C=6, T=16, A=32, ff=64, heads=4,
+        return dict(arch='resnet10t', bb=dict(output_stride=8), img=32, C=6, T=16, A=32, ff=64, heads=4,
                     prec_bs=2, train_bs=2, warm=1, max_steps=3, seconds=5., compile_backend='aot_eager',
                     ddp_steps=4, ddp_bs=4, ddp_workers=0, data_workers=[2], data_img=64, data_bs=8,
                     data_unique=16, data_repeat=4, data_seconds=5.)

@@ -1,5 +1,5 @@
 """The README's main command, verbatim, in an empty folder: `sgre_train` prepares the built-in digits set and its
-embeddings, trains the default configuration within 5 minutes to a test mAP of at least 0.90, and writes the whole
+embeddings, trains the default configuration within 6 minutes to a test mAP of at least 0.90, and writes the whole
 experiment folder; then `sgre_evaluate` and `sgre_infer` run on that experiment, and the trained model's attention
 points at the digits (the share of each present digit's attention inside its box is well above the box's area share).
 """
@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
 def test_main_command(trained):
     cwd, out, secs = trained
     print(f'sgre_train took {secs:.0f} s')
-    assert secs <= 300, f'the default run took {secs:.0f} s (limit: 5 minutes on 2 CPU cores)'
+    assert secs <= 360, f"the default run took {secs:.0f} s (limit: 6 minutes on 2 CPU cores)"
     m = re.search(r'best test mAP \(EMA weights\) ([0-9.]+) at epoch (\d+).*experiment folder: (\S+)', out)
     assert m, out[-2000:]
     assert float(m.group(1)) >= 0.90, out[-2000:]
