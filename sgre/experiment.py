@@ -188,12 +188,16 @@ class Experiment(Callback):
 
 # %% ../nbs/07_experiment.ipynb #9b2f4d61
 class _TensorBoard(Callback):
-    "TensorBoard scalars in the experiment folder, written by rank 0: loss and learning rate per step, validation values per epoch."
+    """TensorBoard scalars in the experiment folder, written by rank 0: loss and learning rate per step, validation values
+    per epoch. The step losses stay on the device and are written in blocks of `every` steps and at each epoch's end: one
+    exchange between the processes and one copy to the host per block, none per step."""
     order = 58  # after Recorder (50) has the epoch's values; before Experiment (60), which may stop the fit after an epoch
-    def __init__(self, exp_dir:str|Path): self.exp_dir, self.writer = Path(exp_dir), None
+    every = 50  # steps per block
+    def __init__(self, exp_dir:str|Path): self.exp_dir, self.writer, self._pending = Path(exp_dir), None, []
 
     def before_fit(self):
         self.steps = len(self.dls.train)   # optimizer steps per epoch (the DistributedDL's own count under DDP)
+        self._pending = []
         if rank_distrib() != 0: return
         with warnings.catch_warnings():    # some tensorboard/setuptools pairs warn at import (pkg_resources, distutils)
             warnings.simplefilter('ignore', DeprecationWarning)
@@ -204,13 +208,23 @@ class _TensorBoard(Callback):
 
     def after_batch(self):
         if not self.training: return
-        losses = gather_rows(self.learn.loss.detach().float().reshape(1))   # every process takes part
+        self._pending.append((self.epoch * self.steps + self.iter, self.learn.loss.detach().float().reshape(1),
+                              self.opt.hypers[-1]['lr']))
+        if len(self._pending) >= self.every: self._write_steps()
+
+    def _write_steps(self):
+        "Write the pending steps: their losses averaged over the processes (every process takes part), their learning rates."
+        if not self._pending: return
+        steps, losses, lrs = zip(*self._pending)
+        self._pending = []
+        losses = gather_rows(torch.cat(losses).reshape(1, -1)).mean(0).tolist()   # (processes, steps) -> per step
         if self.writer is None: return
-        step = self.epoch * self.steps + self.iter
-        self.writer.add_scalar('train/loss', losses.mean().item(), step)
-        self.writer.add_scalar('train/lr', self.opt.hypers[-1]['lr'], step)
+        for s, loss, lr in zip(steps, losses, lrs):
+            self.writer.add_scalar('train/loss', loss, s)
+            self.writer.add_scalar('train/lr', lr, s)
 
     def after_epoch(self):
+        self._write_steps()
         if self.writer is None: return
         rec = dict(zip(self.learn.recorder.metric_names[1:], self.learn.final_record))
         for tag, k in (('valid/loss', 'valid_loss'), ('valid/mAP', 'mAP'), ('valid/ema_mAP', 'ema_mAP')):
@@ -221,7 +235,7 @@ class _TensorBoard(Callback):
 
     def close(self):
         "Write out and close the event file; never raises (TensorBoard's copy must not fail a run)."
-        w, self.writer = self.writer, None
+        w, self.writer, self._pending = self.writer, None, []   # an unfinished epoch's steps: a resumed run redoes them
         if w is not None:
             with contextlib.suppress(Exception): w.close()
 
@@ -398,6 +412,7 @@ def _init_distributed(cfg:dict|None=None):
                          'start the same launch command on every machine, with the same master address and port, and check that',
                          'every machine can reach that address.') from e
     _defer_sigterm()
+    _watch_launcher()
 
 class _Terminated(KeyboardInterrupt):
     "SIGTERM in a distributed run: from the launcher, once another process of the machine has failed, or from the system."
@@ -413,6 +428,34 @@ def _defer_sigterm():
             signal.signal(signal.SIGTERM, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGTERM); return
         _SIGTERM['seen'] = True
     signal.signal(signal.SIGTERM, on_sigterm)
+
+_LAUNCHER_POLL, _LAUNCHER_GRACE = 1., 30.   # seconds between looks at the launcher; seconds to stop cleanly once it is gone
+
+def _watch_launcher(ppid:int|None=None, # the launcher's pid (default: this process's parent now)
+                    poll:float=_LAUNCHER_POLL, grace:float=_LAUNCHER_GRACE,
+                    exit=os._exit, # how the process ends after `grace` (a test passes its own)
+                   ) -> threading.Thread|None:
+    """Stop this process of a distributed run once its launcher is gone: at the next batch, as on SIGTERM, and after
+    `grace` seconds at the latest. A machine's launcher dies with the machine; its workers, in sessions of their own,
+    would otherwise train on, and the other machines wait for them."""
+    ppid = os.getppid() if ppid is None else ppid
+    if ppid <= 1 or _SIGTERM.get('watched') == ppid: return None   # no launcher to watch (or already watched)
+    _SIGTERM['watched'] = ppid
+    def watch():
+        while os.getppid() == ppid: time.sleep(poll)
+        _SIGTERM.update(seen=True, launcher=ppid)
+        time.sleep(grace)                              # `_StopOnSigterm` stops the fit first, unless the process hangs
+        try: print(f'sgre_train: error: {_launcher_gone(ppid)}; it did not stop within {grace:g} s, so it ends now.',
+                   file=sys.stderr, flush=True)
+        except Exception: pass                         # its output may have gone with the launcher
+        exit(2)
+    t = threading.Thread(target=watch, daemon=True, name='sgre-launcher-watch')
+    t.start()
+    return t
+
+def _launcher_gone(ppid:int) -> str:
+    return (f'the launcher of this process (pid {ppid}: torchrun or accelerate launch) is gone (killed, or its machine is '
+            'failing), so this process stopped too')
 
 class _StopOnSigterm(Callback):
     "Stop the fit at the next batch once SIGTERM has come (see `_defer_sigterm`)."
@@ -494,7 +537,8 @@ def _stopped(e:BaseException, exp:Path|None, cb:Experiment|None):
 
 def _peer_lost(e:BaseException, exp:Path|None) -> SGREPeerLost:
     "The message of a process stopped by another one: what was kept, and the command that continues."
-    if isinstance(e, _Terminated):
+    if isinstance(e, _Terminated) and _SIGTERM.get('launcher'): lost = _launcher_gone(_SIGTERM['launcher'])
+    elif isinstance(e, _Terminated):
         lost = ('this process of a distributed run was stopped by SIGTERM (from its launcher, once another process had failed, '
                 'or from the system)')
     elif re.search('timed? ?out', str(e), re.I):

@@ -1,6 +1,7 @@
 """Two machines, played by two `torchrun` launches on localhost (one CPU process each, gloo): they train together into one
-experiment folder; when one machine dies in the middle of an epoch, the other stops within a minute with the command
-that resumes, and that command, launched again on both machines, finishes the run."""
+experiment folder; when one machine dies in the middle of an epoch (its worker, its launcher, or both; machine 1 or
+machine 0, which holds the run's key-value store), the other stops within a minute with the command that resumes, and
+that command, launched again on both machines, finishes the run."""
 import csv, os, signal, socket, subprocess, sys, time
 from pathlib import Path
 
@@ -23,6 +24,12 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONUNBUFFERED
 @pytest.fixture(scope='module')
 def digits(tmp_path_factory):
     return prepare_digits(tmp_path_factory.mktemp('data') / 'digits', n_train=96, n_test=40, size=32, seed=0)
+
+
+@pytest.fixture(scope='module')
+def digits_long(tmp_path_factory):
+    "Epochs of several seconds, so that a machine dies well inside one, and the others' stop can be told from its end."
+    return prepare_digits(tmp_path_factory.mktemp('data') / 'digits', n_train=320, n_test=40, size=32, seed=0)
 
 
 def _free_port() -> int:
@@ -55,13 +62,17 @@ class Machine:
 
     def agent(self) -> str: return (self.logs / 'agent.err').read_text()
 
-    def kill(self):
-        """SIGKILL the agent and every process under it, as when a machine dies. (SIGKILL to the agent alone would leave its
-        worker training on, orphaned, and the other agent waiting for it at exit.)"""
+    def kill(self, what: str = 'machine') -> list:
+        """SIGKILL, as when a machine dies: 'machine' the agent and every process under it; 'launcher' the agent's process
+        group (`setsid torchrun ...` then `kill -9 -PGID`), which holds the agent alone, as torchrun gives its workers sessions
+        of their own; 'worker' the worker alone. Returns the worker pids, to check that none outlives the run."""
         p = psutil.Process(self.proc.pid)
-        for q in [p] + p.children(recursive=True):
+        workers = p.children(recursive=True)
+        if what == 'launcher': os.killpg(self.proc.pid, signal.SIGKILL)
+        for q in {'machine': [p] + workers, 'worker': workers, 'launcher': []}[what]:
             try: q.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess: pass
+        return [q.pid for q in workers]
 
     def stop(self):
         if self.proc.poll() is None: self.kill(); self.proc.wait(30)
@@ -109,34 +120,59 @@ def test_two_machines_train_together(tmp_path, digits):
     assert abs(_ema_map_of_saved_weights(exp) - float(row['ema_mAP'])) <= 1e-6, row
 
 
-def test_machine_lost_then_resume(tmp_path, digits):
-    """Machine 1 dies (SIGKILL to its torchrun agent and worker) in the middle of epoch 2 of 3. Machine 0 stops within
-    a minute with one message: a peer was lost, what is kept, the resume command; the folder keeps epoch 1. Then
-    `--resume` on both machines trains epochs 2 and 3."""
+def _alive(pids) -> list:
+    out = []
+    for pid in pids:
+        try: out += [pid] if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else []
+        except psutil.NoSuchProcess: pass
+    return out
+
+
+LOST = {  # what dies: (which machine, what of it); the other machine is the survivor
+    'machine 1': (1, 'machine'), 'worker 1': (1, 'worker'), 'launcher 1': (1, 'launcher'), 'launcher 0': (0, 'launcher')}
+
+
+@pytest.mark.parametrize('lost', list(LOST))
+def test_machine_lost_then_resume(tmp_path, digits_long, lost):
+    """In the middle of epoch 2 of 3, a machine dies: its worker, its launcher (the agent's process group, SIGKILL), or
+    both. The other machine stops within a minute with one message: a peer was lost, what is kept, the resume command;
+    the folder keeps epoch 1; no process of either machine is left. Then `--resume` on both machines trains epochs 2
+    and 3."""
+    dead, what = LOST[lost]
     exp = tmp_path / 'experiments' / 'mlic_digits' / 'exp1'
-    machines = _launch(tmp_path, [*TINY, '--data-dir', str(digits), '--max-epochs', '3', '--exp-root', str(tmp_path / 'experiments')])
+    machines = _launch(tmp_path, [*TINY, '--data-dir', str(digits_long), '--max-epochs', '3', '--exp-root', str(tmp_path / 'experiments')])
+    survivor = machines[1 - dead]
+    workers = []
     try:
         deadline = time.time() + 300
         while not ((exp / 'checkpoints' / 'last.pth').exists() and (exp / 'history.csv').exists()):   # epoch 1 is saved
             assert time.time() < deadline and all(m.proc.poll() is None for m in machines), [m.agent()[-2000:] for m in machines]
             time.sleep(0.05)
         epoch_s = float(_rows(exp)[0]['seconds'])
-        time.sleep(0.4 * epoch_s)                                          # well inside epoch 2, which takes about as long
+        time.sleep(0.3 * epoch_s)                                          # well inside epoch 2, which takes about as long
         assert len(_rows(exp)) == 1, 'epoch 2 ended before the kill; make the epochs longer'
-        machines[1].kill()
+        workers = [q.pid for m in machines for q in psutil.Process(m.proc.pid).children(recursive=True)]
+        machines[dead].kill(what)
         killed = time.time()
-        code = machines[0].wait(120)
+        code = survivor.wait(120)
         took = time.time() - killed
+        while _alive(workers) and time.time() < killed + 60: time.sleep(0.2)   # the lost machine's orphan stops too
+        left = _alive(workers)
     finally:
         for m in machines: m.stop()
-    print(f'epoch 1: {epoch_s:.1f} s; the surviving machine exited {took:.1f} s after the other died')
+        for pid in _alive(workers): os.kill(pid, signal.SIGKILL)
+    print(f'{lost} killed; epoch 1: {epoch_s:.1f} s; the surviving machine exited {took:.1f} s later')
     assert code != 0 and took < 60, (code, took)
-    err = machines[0].worker('stderr')
+    assert left == [], f'processes left running 60 s after the kill: {left}'
+    err = survivor.worker('stderr')
     assert err.splitlines() == [
         'sgre_train: error: another process of this distributed run was lost (its connection closed: it was killed, ran out of '
         f'memory, or its machine failed); the state after the last finished epoch is saved in {exp}. Resume it with '
         f'`sgre_train --resume {exp}` on every machine, launched as before (`accelerate launch ... -m sgre.train --resume {exp}`, '
         'or the same with `torchrun`).'], err
+    if what == 'launcher':                                                # the orphaned worker said why it stopped
+        orphan = machines[dead].worker('stderr')
+        assert orphan.startswith('sgre_train: error: the launcher of this process (pid ') and f'--resume {exp}' in orphan, orphan
     assert torch.load(exp / 'checkpoints' / 'last.pth', map_location='cpu', weights_only=False)['epoch'] == 0
     assert [r['epoch'] for r in _rows(exp)] == ['1']
 
