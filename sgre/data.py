@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PreparedData', 'read_prepared', 'prepare_mscoco', 'prepare_voc2007', 'prepare_nuswide', 'prepare_vg500',
-           'prepare_csv', 'prepare_digits', 'prepare_dataset', 'sgre_prepare_cli', 'sgre_dls']
+           'prepare_csv', 'prepare_digits', 'prepare_dataset', 'sgre_prepare_cli', 'sgre_dls', 'preprocess']
 
 # %% ../nbs/01_data.ipynb #b396560c
 import argparse, csv as _csv, inspect, json, os, random, sys, warnings
@@ -698,3 +698,38 @@ def sgre_dls(data_dir:str|Path, # a prepared folder
     dls = block.dataloaders(items, bs=bs, num_workers=num_workers, device=device, **kwargs)
     dls.ignore, dls.data_dir, dls.c = data.ignore, data.data_dir, len(data.labels)
     return dls
+
+# %% ../nbs/01_data.ipynb #a7e1c0d2
+import torch
+
+def _as_pil(image) -> Image.Image:
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as im: return im.convert('RGB')
+        except Exception as e:
+            raise sgre_error(f'cannot read the image {image} ({type(e).__name__}: {e}); pass a readable image file.') from None
+    if isinstance(image, Image.Image): return image.convert('RGB')
+    if torch.is_tensor(image):
+        t = image.detach().cpu()
+        if t.ndim == 4 and t.shape[0] == 1: t = t[0]
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise sgre_error(f'an image tensor must be (3, H, W) or (1, 3, H, W), not {tuple(image.shape)}.')
+        if t.is_floating_point():
+            if t.min() < 0 or t.max() > 1:
+                raise sgre_error('a float image tensor must hold values in [0, 1] (not normalised); pass the raw image.')
+            t = (t * 255).round()
+        return Image.fromarray(t.to(torch.uint8).expand(3, -1, -1).permute(1, 2, 0).numpy())
+    raise sgre_error(f'cannot read an image from a {type(image).__name__}; pass a path, a PIL image or a tensor.')
+
+def preprocess(image, # a path, a PIL image or a (3, H, W) tensor in [0, 1]
+               img_size:int, # the run's image size
+               orid_norm:bool=False, # the run used no normalisation (`--orid-norm`)
+              ) -> tuple: # (input batch (1, 3, S, S), the resized RGB image)
+    "An image as the validation transforms of `sgre_dls` make it."
+    im = _as_pil(image)
+    if im.size != (img_size, img_size): im = im.resize((img_size, img_size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)
+    if not orid_norm:
+        mean, std = (torch.tensor(s).view(3, 1, 1) for s in imagenet_stats)
+        x = (x - mean) / std
+    return x[None], im

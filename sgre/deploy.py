@@ -20,7 +20,7 @@ from . import __version__
 from .core import SGREError, atomic_dir, atomic_write, check_at_least, check_between, run_cli, sgre_error
 from .metrics import _topk_mask
 from .model import SGRE, export_onnx
-from .viz import preprocess
+from .data import preprocess
 
 # %% ../nbs/10_deploy.ipynb #973d01cc
 FORMAT_VERSION = 1

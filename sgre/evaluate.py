@@ -29,7 +29,7 @@ def evaluate(run:Run, # from `load_run`
     dls = sgre_dls(cfg['data_dir'], img_size=cfg['img_size'], bs=bs or cfg['batch_size'], num_workers=num_workers,
                    orid_norm=cfg['orid_norm'], device=next(run.model.parameters()).device)
     scores, targets = predict_dl(run.model, dls.valid)
-    scores, targets, ignore = scores.numpy(), targets.numpy().astype(np.uint8), dls.ignore
+    scores, targets, ignore = scores.numpy(), targets.numpy(), dls.ignore   # float32 scores, uint8 targets
     data = read_prepared(cfg['data_dir'])
     items = [str(Path(p).relative_to(data.root)) if Path(p).is_relative_to(data.root) else str(p) for p, _ in data.test]
     topk = min(topk, len(run.labels))

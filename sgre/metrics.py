@@ -6,36 +6,65 @@
 __all__ = ['voc_ap', 'mean_ap', 'ap_summary', 'threshold_metrics', 'topk_metrics']
 
 # %% ../nbs/05_metrics.ipynb #72b7e95b
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
 from .core import SGREError, sgre_error
 
 # %% ../nbs/05_metrics.ipynb #90861705
-def _as_f64(x, name:str) -> np.ndarray:
-    "`x` (array, tensor or nested list) as a float64 NumPy array."
-    if isinstance(x, torch.Tensor): return x.detach().to('cpu', torch.float64).numpy()
-    try: return np.asarray(x, dtype=np.float64)
+_BLOCK = 1 << 19     # float64 elements of one block (4 MiB): an AP block is _BLOCK // (n * threads) classes of n images
+def _threads() -> int:
+    "Threads for blocks of classes: the cores, at most 4, at most OMP_NUM_THREADS when it is set."
+    try: cap = int(os.environ.get('OMP_NUM_THREADS') or 0)
+    except ValueError: cap = 0
+    return max(1, min(4, os.cpu_count() or 1, cap or 4))
+_THREADS = _threads()
+
+def _as_array(x, name:str) -> np.ndarray:
+    "`x` (array, tensor or nested list) as a NumPy array of numbers, without a copy where possible (half precision: float32)."
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
+    try:
+        a = np.asarray(x)
+        if a.dtype.kind not in 'biuf': a = a.astype(np.float64)
     except (TypeError, ValueError) as e:
         raise sgre_error(f'{name} must be a numeric array or tensor of shape (images, classes);',
                          f'got {type(x).__name__} that NumPy cannot read as numbers ({e}).') from None
+    return a.astype(np.float32) if a.dtype == np.float16 else a
+
+def _row_blocks(n:int, C:int) -> list:
+    "Slices of rows covering `n`, each about `_BLOCK` cells of a C-column table."
+    step = max(1, _BLOCK // max(C, 1))
+    return [slice(r, min(r + step, n)) for r in range(0, n, step)]
 
 def _count(k:int, what:str) -> str: return f'{k} {what}' + ('' if k == 1 else 's')
 
-def _first_bad(mask:np.ndarray) -> str:
-    i, c = np.argwhere(mask)[0]
-    return f'image {i}, class {c}'
+def _scan(a:np.ndarray, bad) -> tuple:
+    "How many cells of `a` are `bad` (a function of a block of rows), and the first one (row, column, value) or None."
+    total, first = 0, None
+    for r in _row_blocks(*a.shape):
+        m = bad(a[r])
+        k = int(m.sum())
+        if k and first is None:
+            i, c = np.argwhere(m)[0]
+            first = (r.start + int(i), int(c), a[r][i, c])
+        total += k
+    return total, first
 
 def _check_binary(a:np.ndarray, name:str, fix:str):
-    bad = (a != 0) & (a != 1)
-    if bad.any():
-        v = a[bad][0]
-        raise sgre_error(f'{name} must hold only 0 and 1, but {int(bad.sum())} of its entries do not',
-                         f'(the first is {v:g}, at {_first_bad(bad)}).', fix)
+    if a.dtype == np.bool_: return
+    k, first = _scan(a, lambda b: (b != 0) & (b != 1))
+    if k:
+        raise sgre_error(f'{name} must hold only 0 and 1, but {k} of its entries do not',
+                         f'(the first is {float(first[2]):g}, at image {first[0]}, class {first[1]}).', fix)
 
 def _inputs(scores, targets, ignore=None):
-    "Checked float64 arrays (S, Y, G or None), all of shape (n, C)."
-    S, Y = _as_f64(scores, 'scores'), _as_f64(targets, 'targets')
+    "Checked arrays (S, Y, G or None), all of shape (n, C), in their own types (float32 scores stay float32)."
+    S, Y = _as_array(scores, 'scores'), _as_array(targets, 'targets')
     if S.ndim != 2:
         raise sgre_error(f'scores must be 2-D, (images, classes); got shape {S.shape}.',
                          'For a single class pass scores[:, None] and targets[:, None].')
@@ -43,20 +72,27 @@ def _inputs(scores, targets, ignore=None):
         raise sgre_error(f'scores and targets must have the same shape (images, classes);',
                          f'got {S.shape} and {Y.shape}.',
                          'Check that both come from the same split and that the model has as many outputs as there are labels.')
-    nan = np.isnan(S)
-    if nan.any():
-        raise sgre_error(f'scores contain {_count(int(nan.sum()), "NaN value")} (the first at {_first_bad(nan)}).',
-                         'The model probably diverged, or part of the score buffer was never filled;',
-                         'fix the predictions before evaluating.')
+    if S.dtype.kind == 'f':
+        k, first = _scan(S, np.isnan)
+        if k:
+            raise sgre_error(f'scores contain {_count(k, "NaN value")} (the first at image {first[0]}, class {first[1]}).',
+                             'The model probably diverged, or part of the score buffer was never filled;',
+                             'fix the predictions before evaluating.')
     _check_binary(Y, 'targets', 'Map negatives written as -1 to 0, and mark cells that must not be judged in the ignore mask instead.')
     G = None
     if ignore is not None:
-        G = _as_f64(ignore, 'ignore')
+        G = _as_array(ignore, 'ignore')
         if G.shape != S.shape:
             raise sgre_error(f'the ignore mask must have the shape of the scores, {S.shape}; got {G.shape}.',
                              'Check that it belongs to the same split (for VOC: the test split\'s ignore.npy).')
         _check_binary(G, 'the ignore mask', 'Use 1 for a cell to skip and 0 for a cell to judge.')
     return S, Y, G
+
+def _in_threads(fn, items:list) -> list:
+    "`[fn(x) for x in items]`, over `_THREADS` threads."
+    if _THREADS == 1 or len(items) < 2: return [fn(x) for x in items]
+    with ThreadPoolExecutor(_THREADS) as ex: return list(ex.map(fn, items))
+
 
 # %% ../nbs/05_metrics.ipynb #621fc81a
 def _ap_block(s:np.ndarray, y:np.ndarray, w:np.ndarray|None, interpolated:bool) -> np.ndarray:
@@ -101,12 +137,15 @@ def voc_ap(scores, # (n, C) probabilities (array or tensor)
     n, C = S.shape
     ap = np.full(C, np.nan)
     if n == 0: return ap
-    for c0 in range(0, C, 8):
-        blk = slice(c0, c0 + 8)
-        w = None if G is None else 1 - G[:, blk].T
-        ap[blk] = _ap_block(np.ascontiguousarray(S[:, blk].T), np.ascontiguousarray(Y[:, blk].T),
-                            None if w is None else np.ascontiguousarray(w), interpolated)
+    k = max(1, _BLOCK // (n * _THREADS))                       # classes per block
+    def block(c0):
+        blk = slice(c0, c0 + k)                                 # scores ranked in their own type (float32 order = float64 order)
+        w = None if G is None else np.ascontiguousarray(1 - G[:, blk].T.astype(np.float64))
+        ap[blk] = _ap_block(np.ascontiguousarray(S[:, blk].T), np.ascontiguousarray(Y[:, blk].T, dtype=np.float64),
+                            w, interpolated)
+    _in_threads(block, list(range(0, C, k)))
     return ap
+
 
 # %% ../nbs/05_metrics.ipynb #75d02ee5
 def mean_ap(scores, # (n, C) probabilities (array or tensor)
@@ -129,11 +168,20 @@ def ap_summary(scores, # (n, C) probabilities (array or tensor)
             'n_classes_scored': int(scored.sum()), 'n_classes_without_positives': int((~scored).sum())}
 
 # %% ../nbs/05_metrics.ipynb #7321b727
-def _prf(pred:np.ndarray, Y:np.ndarray, G:np.ndarray|None) -> dict:
-    "CP, CR, CF1, OP, OR, OF1 from boolean predictions `pred` (n, C)."
-    pred, gt = pred.astype(np.float64), Y
-    if G is not None: pred, gt = pred * (1 - G), gt * (1 - G)
-    n_pred, n_gt, n_correct = pred.sum(0), gt.sum(0), (pred * gt).sum(0)
+def _counts(pred, S:np.ndarray, Y:np.ndarray, G:np.ndarray|None) -> tuple:
+    "Per class: predicted, in the ground truth, and both, over blocks of images; `pred(rows)` is a block's (r, C) boolean predictions."
+    def block(r):
+        p, y = pred(r), Y[r] != 0
+        if G is not None:
+            keep = G[r] == 0
+            p, y = p & keep, y & keep
+        return p.sum(0), y.sum(0), (p & y).sum(0)
+    parts = _in_threads(block, _row_blocks(*S.shape))
+    C = S.shape[1]
+    return tuple(np.sum([q[j] for q in parts], 0, dtype=np.float64) if parts else np.zeros(C) for j in range(3))
+
+def _prf(n_pred:np.ndarray, n_gt:np.ndarray, n_correct:np.ndarray) -> dict:
+    "CP, CR, CF1, OP, OR, OF1 from the per-class counts of predicted, ground-truth and correct labels."
     div = lambda a, b: np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
     f1 = lambda p, r: float(div(np.float64(2 * p * r), np.float64(p + r)))
     cp = float(div(n_correct, n_pred).mean()) if n_pred.size else 0.
@@ -168,7 +216,8 @@ def threshold_metrics(scores, # (n, C) probabilities in [0, 1] (array or tensor)
     "Per-class and overall precision, recall and F1 of the labels scored at least `threshold`."
     S, Y, G = _inputs(scores, targets, ignore)
     _check_probabilities(S, threshold, 'threshold_metrics')
-    return _prf(S >= threshold, Y, G)
+    t = np.float64(threshold)                                   # compared in float64, whatever the scores' type
+    return _prf(*_counts(lambda r: S[r] >= t, S, Y, G))
 
 def topk_metrics(scores, # (n, C) probabilities in [0, 1] (array or tensor); any scores when `threshold` is None
                  targets, # (n, C) ground truth, 0 or 1
@@ -181,8 +230,9 @@ def topk_metrics(scores, # (n, C) probabilities in [0, 1] (array or tensor); any
     C = S.shape[1]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= C:
         raise sgre_error(f'top-k metrics need a whole number k from 1 to the number of classes ({C}); got k={k!r}.')
-    pred = _topk_mask(S, int(k))
-    if threshold is not None:
-        _check_probabilities(S, threshold, 'topk_metrics')
-        pred &= S >= threshold
-    return _prf(pred, Y, G)
+    if threshold is not None: _check_probabilities(S, threshold, 'topk_metrics')
+    t = None if threshold is None else np.float64(threshold)
+    def pred(r):
+        p = _topk_mask(S[r], int(k))
+        return p if t is None else p & (S[r] >= t)
+    return _prf(*_counts(pred, S, Y, G))

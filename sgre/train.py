@@ -77,10 +77,12 @@ def broadcast_state(model:nn.Module, src:int=0):
 
 # %% ../nbs/06_train.ipynb #54975e85
 def valid_targets(dls) -> torch.Tensor:
-    "The validation targets (n, C), in dataset order, without loading any image."
+    "The validation targets (n, C) as uint8, in dataset order, from the items' label lists (no image is loaded)."
     if getattr(dls, '_valid_targets', None) is None:
-        tls = dls.valid_ds.tls[1]
-        dls._valid_targets = torch.stack([tls[i] for i in range(len(dls.valid_ds))]).float()
+        index = {l: k for k, l in enumerate(dls.vocab)}
+        ref = torch.zeros(len(dls.valid_ds), len(dls.vocab), dtype=torch.uint8)
+        for i, (_, names) in enumerate(dls.valid_ds.items): ref[i, [index[n] for n in names]] = 1
+        dls._valid_targets = ref
     return dls._valid_targets
 
 def gather_valid(scores:torch.Tensor, # (n_local, C) this rank's validation scores, in its loader's order
@@ -91,7 +93,7 @@ def gather_valid(scores:torch.Tensor, # (n_local, C) this rank's validation scor
     scores, targets = gather_rows(scores), gather_rows(targets)
     ref = valid_targets(dls)
     n = len(ref)
-    if len(scores) < n or not torch.equal(targets[:n].float(), ref):
+    if len(scores) < n or not torch.equal(targets[:n].to(torch.uint8), ref):
         raise sgre_error('internal error: the gathered validation predictions do not line up with the validation set',
                          f'({len(scores)} rows for {n} items); the ignore mask would be misapplied.')
     return scores[:n], targets[:n]
@@ -111,7 +113,7 @@ class MeanAP(Metric):
         out = learn.pred
         logits = out.logits if isinstance(out, SGREOutput) else out
         self.scores.append(torch.sigmoid(logits.detach().float()).cpu())
-        self.targets.append(learn.yb[0].detach().cpu())
+        self.targets.append(learn.yb[0].detach().to(torch.uint8).cpu())   # 0/1: one byte a cell
         self.dls = learn.dls
     @property
     def value(self):
@@ -129,7 +131,7 @@ def _float_out(out):
 def predict_dl(model:nn.Module, # an SGRE model
                dl, # a fastai DataLoader (batches of images and targets)
                autocast=None, # an autocast context to run under, or None
-              ) -> tuple: # scores (n, C) = sigmoid of the logits, targets (n, C), on the CPU
+              ) -> tuple: # scores (n, C) = sigmoid of the logits, targets (n, C) as uint8, on the CPU
     "Sigmoid scores and targets of `model` over `dl`, in the loader's order."
     was_training = model.training
     model.eval()
@@ -137,7 +139,7 @@ def predict_dl(model:nn.Module, # an SGRE model
     for xb, yb in dl:
         with (autocast or contextlib.nullcontext()):
             out = model(xb)
-        scores.append(torch.sigmoid(_float_out(out).logits).cpu()); targets.append(yb.cpu())
+        scores.append(torch.sigmoid(_float_out(out).logits).cpu()); targets.append(yb.to(torch.uint8).cpu())
     model.train(was_training)
     return torch.cat(scores), torch.cat(targets)
 
