@@ -12,7 +12,9 @@ Configurations: (a) the digits default of `sgre_train` (ResNet-10-T, output stri
 `--whole` compares instead the whole `sgre_train` path, `train()` (Learner, EMA and its validation, mAP,
 `Experiment` with its checkpoints, history, curves and log, TensorBoard), with a plain PyTorch epoch on the same
 DataLoaders and model: AdamW with the same groups and one-cycle schedule, an EMA update per step, then the validation
-of the model (loss and mAP) and of the EMA weights (mAP). Each measurement is one epoch in a fresh process; the two
+of the model (loss and mAP) and of the EMA weights (mAP), then the checkpoints a loop that can resume writes (the best
+EMA weights, and model, EMA and optimizer state), as `train()` writes them; the table also gives the ratio without
+that end of the epoch. Each measurement is one epoch in a fresh process; the two
 paths alternate over `--rounds` rounds (the order flips each round) and the table gives medians. Each phase is timed in
 wall seconds and in CPU seconds of the process (`time.process_time`, all its threads; the DataLoader workers are other
 processes, the same for both paths): CPU seconds barely move when other work shares the machine, wall seconds do. Configurations: the
@@ -47,6 +49,7 @@ def _model(cfg):
 
 def run_plain(cfg, steps, warmup):
     import torch
+    from pathlib import Path
     from timm.utils.model_ema import ModelEmaV3
     from sgre.loss import SGRELoss
     from sgre.train import one_cycle, wd_groups
@@ -146,6 +149,7 @@ def run_whole(cfg):
 def run_loop(cfg):
     "The same epoch as a plain PyTorch loop on the run's own DataLoaders and model."
     import torch
+    from pathlib import Path
     from timm.utils.model_ema import ModelEmaV3
     from sgre.core import seed_everything
     from sgre.experiment import build_learner
@@ -188,9 +192,16 @@ def run_loop(cfg):
     train_loss = torch.stack(losses).mean().item()
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     evaluate(model, True); evaluate(ema.module, False)
+    valid_s, valid_cpu = time.perf_counter() - t0 - train_s, time.process_time() - c0 - train_cpu
+    # what a plain loop that can resume writes after an epoch: the best EMA weights (the first epoch is the best so far)
+    # and the resume state (model, EMA, optimizer), as `train()` does
+    ck = Path(os.environ['SGRE_BENCH_ROOT']) / 'plain_checkpoints'; ck.mkdir(exist_ok=True)
+    torch.save(ema.module.state_dict(), ck / 'best_ema_model.pth')
+    torch.save(dict(model=model.state_dict(), ema=ema.module.state_dict(), opt=opt.state_dict()), ck / 'last.pth')
     epoch_s, epoch_cpu = time.perf_counter() - t0, time.process_time() - c0
-    return dict(epoch_s=epoch_s, train_s=train_s, valid_s=epoch_s - train_s, end_s=0., call_s=time.perf_counter() - t_call,
-                epoch_cpu=epoch_cpu, train_cpu=train_cpu, valid_cpu=epoch_cpu - train_cpu, end_cpu=0.)
+    return dict(epoch_s=epoch_s, train_s=train_s, valid_s=valid_s, end_s=epoch_s - train_s - valid_s,
+                call_s=time.perf_counter() - t_call, epoch_cpu=epoch_cpu, train_cpu=train_cpu, valid_cpu=valid_cpu,
+                end_cpu=epoch_cpu - train_cpu - valid_cpu, ckpt_mb=sum(f.stat().st_size for f in ck.glob('*.pth')) / 1e6)
 
 
 def child(name, variant, steps, warmup):
@@ -250,10 +261,15 @@ def whole(a):
                 res[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
         med = {v: {k: statistics.median(x[k] for x in res[v]) for k in res[v][0]} for v in res}
         for k, what in (('train', 'training steps'), ('valid', 'validation: model and EMA'),
-                        ('end', 'end of epoch: history, checkpoints, curves'), ('epoch', '**the epoch**')):
+                        ('end', f"end of epoch: checkpoints ({med['loop']['ckpt_mb']:.0f} MB), and train()'s history, curves"),
+                        ('epoch', '**the epoch**')):
             (p, w), (pc, wc) = (med['loop'][k + '_s'], med['whole'][k + '_s']), (med['loop'][k + '_cpu'], med['whole'][k + '_cpu'])
             print(f"| {name} | {what} | {p:.1f} | {w:.1f} | {f'{w / p:.3f}' if p else ''} | {pc:.1f} | {wc:.1f} | "
                   f"{f'{wc / pc:.3f}' if pc else ''} |", flush=True)
+        p, w = med['loop']['train_s'] + med['loop']['valid_s'], med['whole']['train_s'] + med['whole']['valid_s']
+        pc, wc = med['loop']['train_cpu'] + med['loop']['valid_cpu'], med['whole']['train_cpu'] + med['whole']['valid_cpu']
+        print(f"| {name} | the epoch without its end (training and validation) | {p:.1f} | {w:.1f} | {w / p:.3f} | "
+              f"{pc:.1f} | {wc:.1f} | {wc / pc:.3f} |", flush=True)
         print(f"| {name} | rounds: epoch s, train()/plain | " +
               ', '.join(f"{w['epoch_s']:.1f}/{p['epoch_s']:.1f}" for w, p in zip(res['whole'], res['loop'])) + ' | | | ' +
               ', '.join(f"{w['epoch_cpu']:.1f}/{p['epoch_cpu']:.1f}" for w, p in zip(res['whole'], res['loop'])) + ' | | |', flush=True)

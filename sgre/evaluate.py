@@ -115,7 +115,7 @@ def write_results(res:dict, # from `evaluate`
     for name, text in texts.items():
         with atomic_write(dest / name) as t: t.write_text(text, encoding='utf-8')
         written.append(dest / name)
-    for name, arr in (('scores.npy', res['scores'].astype(np.float32)), ('targets.npy', res['targets'])):
+    for name, arr in (('scores.npy', np.asarray(res['scores'], np.float32)), ('targets.npy', res['targets'])):
         with atomic_write(dest / name) as t:
             with open(t, 'wb') as f: np.save(f, arr)
         written.append(dest / name)

@@ -15,7 +15,7 @@ import torch
 from .core import SGREError, sgre_error
 
 # %% ../nbs/05_metrics.ipynb #90861705
-_BLOCK = 1 << 19     # float64 elements of one block (4 MiB): an AP block is _BLOCK // (n * threads) classes of n images
+_BLOCK = 1 << 19     # cells of one block: an AP block is _BLOCK // (n * threads) classes of n images, a set-metric block _BLOCK // C images
 def _threads() -> int:
     "Threads for blocks of classes: the cores, at most 4, at most OMP_NUM_THREADS when it is set."
     try: cap = int(os.environ.get('OMP_NUM_THREADS') or 0)
@@ -48,7 +48,7 @@ def _scan(a:np.ndarray, bad) -> tuple:
     total, first = 0, None
     for r in _row_blocks(*a.shape):
         m = bad(a[r])
-        k = int(m.sum())
+        k = int(np.count_nonzero(m))
         if k and first is None:
             i, c = np.argwhere(m)[0]
             first = (r.start + int(i), int(c), a[r][i, c])
@@ -95,35 +95,29 @@ def _in_threads(fn, items:list) -> list:
 
 
 # %% ../nbs/05_metrics.ipynb #621fc81a
-def _ap_block(s:np.ndarray, y:np.ndarray, w:np.ndarray|None, interpolated:bool) -> np.ndarray:
-    "AP of each row of (c, n) scores `s`, targets `y`, weights `w` (None: all 1)."
+def _ap_block(s:np.ndarray, pos:np.ndarray, ign:np.ndarray|None, interpolated:bool) -> np.ndarray:
+    "AP of each row of (c, n) scores `s` (sorted in place); `pos`: the judged positives, `ign`: the ignored cells (None: none)."
     c, n = s.shape
-    order = np.argsort(s, axis=1)[:, ::-1]                      # descending; tie order is irrelevant
-    s = np.take_along_axis(s, order, 1)
-    y = np.take_along_axis(y, order, 1)
-    if w is not None:
-        w = np.take_along_axis(w, order, 1)
-        y = y * w
-        judged = np.cumsum(w, 1)
-    else: judged = np.arange(1., n + 1)
-    tp = np.cumsum(y, 1)
-    prec = tp / np.maximum(judged, 1)                             # 0 before the first judged image
-    last = np.ones((c, n), bool)
-    last[:, :-1] = s[:, :-1] != s[:, 1:]                          # rank r ends its tie group
-    group_end = np.where(last, np.arange(n), n)
-    group_end = np.minimum.accumulate(group_end[:, ::-1], 1)[:, ::-1]
-    prec = np.take_along_axis(prec, group_end, 1)
-    if interpolated: prec = np.maximum.accumulate(prec[:, ::-1], 1)[:, ::-1]
-    # positives gained by each tie group, placed at its last rank (0 elsewhere): summing these
-    # rather than y * prec makes the sum bit-identical for any order of the input rows
-    tp_last = np.where(last, tp, 0)
-    before = np.zeros_like(tp)
-    before[:, 1:] = np.maximum.accumulate(tp_last, 1)[:, :-1]    # TP at the previous group's end
-    gained = tp_last - np.where(last, before, 0)
-    n_pos = tp[:, -1]
+    rows = np.arange(c + 1)
+    r_pos, i_pos = np.nonzero(pos)
+    v_pos, b_pos = s[r_pos, i_pos], np.searchsorted(r_pos, rows)       # row i's positives: v_pos[b_pos[i]:b_pos[i + 1]]
+    if ign is not None:
+        r_ign, i_ign = np.nonzero(ign)
+        v_ign, b_ign = s[r_ign, i_ign], np.searchsorted(r_ign, rows)
+    s.sort(axis=1)                                                       # each class's scores, ascending
     ap = np.full(c, np.nan)
-    has = n_pos > 0
-    ap[has] = (gained[has] * prec[has]).sum(1) / n_pos[has]
+    for i in range(c):
+        v = np.sort(v_pos[b_pos[i]:b_pos[i + 1]])
+        P = len(v)
+        if not P: continue                                               # no positive: NaN
+        tp = (P - np.searchsorted(v, v, 'left')).astype(np.float64)     # positives scored >= each positive (its tie group too)
+        judged = n - np.searchsorted(s[i], v, 'left')                   # images scored >= it
+        if ign is not None:
+            g = np.sort(v_ign[b_ign[i]:b_ign[i + 1]])
+            judged = judged - (len(g) - np.searchsorted(g, v, 'left'))  # less the ignored ones
+        prec = tp / np.maximum(judged, 1)
+        if interpolated: prec = np.maximum.accumulate(prec)             # best precision at this recall or beyond
+        ap[i] = prec.sum() / P
     return ap
 
 # %% ../nbs/05_metrics.ipynb #78dbf523
@@ -139,13 +133,16 @@ def voc_ap(scores, # (n, C) probabilities (array or tensor)
     if n == 0: return ap
     k = max(1, _BLOCK // (n * _THREADS))                       # classes per block
     def block(c0):
-        blk = slice(c0, c0 + k)                                 # scores ranked in their own type (float32 order = float64 order)
-        w = None if G is None else np.ascontiguousarray(1 - G[:, blk].T.astype(np.float64))
-        ap[blk] = _ap_block(np.ascontiguousarray(S[:, blk].T), np.ascontiguousarray(Y[:, blk].T, dtype=np.float64),
-                            w, interpolated)
+        blk = slice(c0, c0 + k)
+        s = np.array(S[:, blk].T, order='C')                    # the block's scores, in their own type, one row per class
+        pos = Y[:, blk].T != 0
+        ign = None
+        if G is not None:
+            ign = G[:, blk].T != 0
+            pos &= ~ign
+        ap[blk] = _ap_block(s, pos, ign, interpolated)
     _in_threads(block, list(range(0, C, k)))
     return ap
-
 
 # %% ../nbs/05_metrics.ipynb #75d02ee5
 def mean_ap(scores, # (n, C) probabilities (array or tensor)
@@ -170,15 +167,19 @@ def ap_summary(scores, # (n, C) probabilities (array or tensor)
 # %% ../nbs/05_metrics.ipynb #7321b727
 def _counts(pred, S:np.ndarray, Y:np.ndarray, G:np.ndarray|None) -> tuple:
     "Per class: predicted, in the ground truth, and both, over blocks of images; `pred(rows)` is a block's (r, C) boolean predictions."
-    def block(r):
-        p, y = pred(r), Y[r] != 0
-        if G is not None:
-            keep = G[r] == 0
-            p, y = p & keep, y & keep
-        return p.sum(0), y.sum(0), (p & y).sum(0)
-    parts = _in_threads(block, _row_blocks(*S.shape))
-    C = S.shape[1]
-    return tuple(np.sum([q[j] for q in parts], 0, dtype=np.float64) if parts else np.zeros(C) for j in range(3))
+    n, C = S.shape
+    blocks = _row_blocks(n, C)
+    def share(j):                                               # every _THREADS-th block, added up as it goes
+        total = np.zeros((3, C), np.int64)
+        for r in blocks[j::_THREADS]:
+            p, y = pred(r), Y[r] != 0
+            if G is not None:
+                keep = G[r] == 0
+                p, y = p & keep, y & keep
+            for t, m in zip(total, (p, y, p & y)): t += np.add.reduce(m.view(np.uint8), 0, dtype=np.int64)
+        return total
+    total = sum(_in_threads(share, list(range(min(_THREADS, len(blocks))))), np.zeros((3, C), np.int64))
+    return tuple(total.astype(np.float64))                      # whole counts: exact in any order
 
 def _prf(n_pred:np.ndarray, n_gt:np.ndarray, n_correct:np.ndarray) -> dict:
     "CP, CR, CF1, OP, OR, OF1 from the per-class counts of predicted, ground-truth and correct labels."
@@ -203,9 +204,14 @@ def _topk_mask(S:np.ndarray, k:int) -> np.ndarray:
     n, C = S.shape
     if n == 0: return np.zeros((n, C), bool)
     kth = np.partition(S, C - k, axis=1)[:, C - k : C - k + 1]   # k-th largest score of each row
-    above, at = S > kth, S == kth
-    room = k - above.sum(1, keepdims=True)                        # how many of the tied may join
-    return above | (at & (np.cumsum(at, 1) <= room))
+    p = S >= kth
+    tied = np.flatnonzero(np.count_nonzero(p, axis=1) > k)      # rows where scores equal to the k-th go past place k
+    if tied.size:
+        s, t = S[tied], kth[tied]
+        above, at = s > t, s == t
+        room = k - above.sum(1, keepdims=True)                    # how many of the tied may join
+        p[tied] = above | (at & (np.cumsum(at, 1) <= room))
+    return p
 
 # %% ../nbs/05_metrics.ipynb #682d9d69
 def threshold_metrics(scores, # (n, C) probabilities in [0, 1] (array or tensor)

@@ -3,7 +3,7 @@
 broken model folder at start, and the page in headless Chromium (its screenshot is the README's, nbs/images/serve.png).
 
 The model folder is the digits demo trained as tests/test_deploy.py trains it (one epoch, 300 images at 32 px) and exported
-with ONNX, so the page's screenshot shows real predictions; the endpoint-by-endpoint and bad-request tests in this process
+with ONNX (one epoch at 32 px leaves its scores near 0.5, but they are a trained model's); the endpoint-by-endpoint and bad-request tests in this process
 (FastAPI's TestClient) are here too, on the same model folder, as well as in nbs/11_serve.ipynb. Nothing here
 reaches beyond 127.0.0.1: the servers listen there, and the browser aborts every request to another host.
 """
