@@ -4,8 +4,10 @@
 count), must together take at most 10 s on this 2-core machine and raise the process's peak resident memory (VmHWM
 after writing 5 to /proc/self/clear_refs, less VmRSS with the inputs in place) by at most 25 % of the inputs' bytes.
 No slack factor: measured at 1.4-1.6 s (quiet, 2 threads), 2.3-2.5 s (OMP_NUM_THREADS=1) and 2.4-2.8 s (load average
-about 2.5), and at 0.7-2.8 % of the inputs, the limits leave over 3x and 8x room. Their figures are checked against simple, separate formulations: AP of a slice of classes
-from `np.unique` tie groups, and the set metrics from counts over blocks of 1,000 images (a stable argsort for top-k)."""
+about 2.5), and at 0.7-2.8 % of the inputs, the limits leave over 3x and 8x room. Their figures are checked against
+simple, separate formulations: AP of a slice of classes from `np.unique` tie groups, and the set metrics from counts
+over blocks of 1,000 images (a stable argsort for top-k). The synthetic data is benchmarks/bench_metrics.py's (kept
+apart from it, so the test does not import the benchmark)."""
 import json, os, subprocess, sys
 
 import pytest
