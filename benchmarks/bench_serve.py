@@ -1,7 +1,7 @@
 """Throughput and latency of `sgre_serve`: requests per second and p50/p99 latency at concurrency 1, 4 and 16, for
 `--max-batch 1` (no batching) and `--max-batch 16` (dynamic batching, `--max-wait-ms 10`), with PyTorch and with `--onnx`.
 
-The model folder is the tiny digits configuration of nbs/11_serve.ipynb (ResNet-10-T at 32 px, random weights, exported
+The model folder is the tiny digits configuration of nbs/14_serve.ipynb (ResNet-10-T at 32 px, random weights, exported
 with ONNX). Each server runs as its own `sgre_serve` process on 127.0.0.1 (a free port); the clients are threads of this
 process, one keep-alive connection each, every request one image (`POST /predict`). After a warm-up of 8 requests, each
 cell sends `--requests` requests. The load average is printed before and after: on a shared machine other processes take

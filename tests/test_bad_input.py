@@ -8,7 +8,7 @@ temporary or half-written file is left. A run interrupted with Ctrl-C during tra
 
 The cases are built in fresh folders, run two at a time (each process spends ~2-6 s importing torch and fastai) by one
 module fixture, and then checked by the tests below, one test per property and case. The same cases, with their
-messages, are listed on the docs page of the command line (nbs/12_cli.ipynb).
+messages, are listed on the docs page of the command line (nbs/15_cli.ipynb).
 """
 import hashlib, os, re, shutil, signal, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor

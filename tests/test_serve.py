@@ -5,7 +5,7 @@ nbs/images/serve.png; otherwise it goes to the test's temporary folder, and a te
 
 The model folder is the digits demo trained as tests/test_deploy.py trains it (one epoch, 300 images at 32 px) and exported
 with ONNX (one epoch at 32 px leaves its scores near 0.5, but they are a trained model's); the endpoint-by-endpoint and bad-request tests in this process
-(FastAPI's TestClient) are here too, on the same model folder, as well as in nbs/11_serve.ipynb. Nothing here
+(FastAPI's TestClient) are here too, on the same model folder, as well as in nbs/14_serve.ipynb. Nothing here
 reaches beyond 127.0.0.1: the servers listen there, and the browser aborts every request to another host.
 """
 import json, os, re, shutil, signal, statistics, subprocess, sys, threading, time
