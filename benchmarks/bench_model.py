@@ -1,12 +1,15 @@
 """Speed and memory of SGRE's fused semantic-guided attention against the original formulation.
 
-Both variants run in this one process on the same weights and the same inputs; only
+All variants run in this one process on the same weights and the same inputs; only
 `model.attention.impl` changes ('naive': the (B, C, N, A) tensor is materialised and the hidden
-linear layer applied to it; 'fused': the folded, chunked computation of `sgre.model`).
+linear layer applied to it; 'fused': the folded computation of `sgre.model`, one class at a time,
+which `attn_impl='auto'` runs on a CPU; 'blocked': the same in blocks of classes within a 256 MiB
+budget, which 'auto' runs on a GPU, measured here on the CPU to show why the CPU keeps 'fused').
 
 1. Head: forward + backward of everything after the backbone (train mode) at the paper's COCO
    size, B=4, C=80, N=196 (448 px, stride 32), D=2048, A=1024, T=768.
-   Time: median over `--repeats` steps after a warm-up step.
+   Time: median over `--repeats` rounds after a warm-up step of each; a round times one step of each
+   variant in turn (interleaved, so that a change in the machine's load touches all of them alike).
    Memory: peak growth of the resident set during one step after a warm-up step, so weights and
    gradient buffers (allocated by the warm-up) are not counted. It is measured in a child process
    in which glibc serves every allocation of 64 KiB or more with mmap (MALLOC_MMAP_THRESHOLD_), so
@@ -15,7 +18,8 @@ linear layer applied to it; 'fused': the folded, chunked computation of `sgre.mo
 2. Whole model with a ResNet-101 backbone: forward (eval, no grad) at 448 px, with the backbone in
    channels-last layout (the library's default) and in NCHW layout.
 
-Usage: python benchmarks/bench_model.py [--batch 4] [--repeats 3] [--skip-full]
+Usage: python benchmarks/bench_model.py [--batch 4] [--repeats 3] [--skip-full] [--quick] [--threads T]
+       (--quick: the head only, 3 rounds)
 """
 import argparse, json, os, statistics, subprocess, sys, threading, time
 
@@ -76,7 +80,7 @@ def _free_attention(model):
 def head_memory(B):
     "Peak RSS growth (bytes) of one head step per implementation; run with MALLOC_MMAP_THRESHOLD_ set."
     model, fmap, res = _head_model(), torch.randn(B, 2048, 14, 14), {}
-    for impl in ('naive', 'fused', 'free'):
+    for impl in ('naive', 'fused', 'blocked', 'free'):
         if impl == 'free': _free_attention(model)
         else: model.attention.impl = impl
         head_step(model, fmap)                                   # warm-up: allocates gradient buffers
@@ -85,16 +89,17 @@ def head_memory(B):
     return res
 
 
-def head_time(B, repeats):
-    model, fmap, res = _head_model(), torch.randn(B, 2048, 14, 14), {}
-    for impl in ('naive', 'fused'):
+def head_time(B, repeats, impls=('naive', 'fused', 'blocked')):
+    "Median step time per implementation, the implementations interleaved step by step."
+    model, fmap, times = _head_model(), torch.randn(B, 2048, 14, 14), {impl: [] for impl in impls}
+    for impl in impls:                                           # warm-up
         model.attention.impl = impl
         head_step(model, fmap)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter(); head_step(model, fmap); times.append(time.perf_counter() - t)
-        res[impl] = statistics.median(times)
-    return res
+    for _ in range(repeats):
+        for impl in impls:
+            model.attention.impl = impl
+            t = time.perf_counter(); head_step(model, fmap); times[impl].append(time.perf_counter() - t)
+    return {impl: statistics.median(ts) for impl, ts in times.items()}
 
 
 def count_flops(B):
@@ -135,31 +140,42 @@ def main():
     ap.add_argument('--batch', type=int, default=4)
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--skip-full', action='store_true', help='only the head benchmark')
+    ap.add_argument('--quick', action='store_true', help='only the head benchmark, 3 rounds')
+    ap.add_argument('--threads', type=int, default=None,
+                    help="torch threads (default: PyTorch's); 1 is steadiest on a machine other work shares")
     ap.add_argument('--memory-child', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.quick: a.skip_full, a.repeats = True, 3
+    if a.threads: torch.set_num_threads(a.threads)
     if a.memory_child:
         print(json.dumps(head_memory(a.batch)))
         return
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
-    child = subprocess.run([sys.executable, __file__, '--memory-child', '--batch', str(a.batch)],
+    child = subprocess.run([sys.executable, __file__, '--memory-child', '--batch', str(a.batch)]
+                           + (['--threads', str(a.threads)] if a.threads else []),
                            env=env, capture_output=True, text=True, check=True)
     mem = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, batch {a.batch}\n')
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, batch {a.batch}, '
+          f'load average {os.getloadavg()[0]:.2f}\n')
     h = head_time(a.batch, a.repeats)
-    rows = [('head fwd+bwd, time (s)', h['naive'], h['fused']),
-            ('head fwd+bwd, peak RSS growth (MiB)', mem['naive'] / 2**20, mem['fused'] / 2**20),
-            ('  bound: same step with attention costing nothing (MiB)', mem['naive'] / 2**20, mem['free'] / 2**20)]
+    mib = {k: v / 2**20 for k, v in mem.items()}
+    rows = [('head fwd+bwd, time (s)', h['naive'], h['fused'], h['blocked']),
+            ('head fwd+bwd, peak RSS growth (MiB)', mib['naive'], mib['fused'], mib['blocked']),
+            ('  bound: same step with attention costing nothing (MiB)', mib['naive'], mib['free'], None)]
     if not a.skip_full:
         f = bench_full(a.batch, a.repeats)
-        rows.append(('ResNet-101 model fwd @448, time (s)', f['naive'], f['fused']))
+        rows.append(('ResNet-101 model fwd @448, time (s)', f['naive'], f['fused'], None))
         f = bench_full(a.batch, a.repeats, channels_last=False)
-        rows.append(('same, backbone in NCHW layout, time (s)', f['naive'], f['fused']))
+        rows.append(('same, backbone in NCHW layout, time (s)', f['naive'], f['fused'], None))
         fl = count_flops(a.batch)
         rows.append(('  bound: ResNet-101 model fwd @448, GFLOP', (fl['backbone'] + fl['naive']) / 1e9,
-                     (fl['backbone'] + fl['fused']) / 1e9))
-    print('| measurement | original (naive) | fused | ratio |')
-    print('|---|---:|---:|---:|')
-    for name, n, fu in rows: print(f'| {name} | {n:.2f} | {fu:.2f} | {n / fu:.1f}x |')
+                     (fl['backbone'] + fl['fused']) / 1e9, None))
+    print('| measurement | original (naive) | fused (auto on a CPU) | naive / fused | blocked (auto on a GPU) | naive / blocked |')
+    print('|---|---:|---:|---:|---:|---:|')
+    for name, n, fu, bl in rows:
+        cells = [f'{n:.2f}', f'{fu:.2f}', f'{n / fu:.1f}x'] + ([f'{bl:.2f}', f'{n / bl:.1f}x'] if bl else ['', ''])
+        print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    print(f'\nload average after: {os.getloadavg()[0]:.2f}')
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 For each number of classes C, one training step (forward, the SGRE loss, backward, AdamW) of
 1. the head alone (everything after the backbone) on a ResNet-50/101 feature map at 448 px (both give
    B x 2048 x 14 x 14: N = 196 tokens, D = 2048), with the paper's A = 1024 and T = 768, in the fused
-   formulation (the default) and in the naive one (`attn_impl='naive'`), which materialises the
+   formulation (what the default `attn_impl='auto'` runs on a CPU) and in the naive one (`attn_impl='naive'`), which materialises the
    (B, C, N, A) tensor: it runs only where its estimated memory fits `--naive-limit-gb`; elsewhere the
    table gives that tensor's size;
 2. the whole model (ResNet-50 and ResNet-101 backbones, random initialisation), fused head.

@@ -18,7 +18,11 @@ import torch
 # %% ../nbs/00_core.ipynb #0fc3535b
 class SGREError(Exception):
     "A problem with the user's input or environment; its message says what is wrong and how to fix it."
-    pass
+    exit_code = 2   # what a console script exits with (`run_cli`)
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.message = str(args[0]) if args else ''
+    def __str__(self): return self.message   # kept as written, even where a framework rewrites `args` (fastai's callbacks do)
 
 # %% ../nbs/00_core.ipynb #ee556242
 class SGREInterrupted(KeyboardInterrupt):
@@ -144,7 +148,7 @@ def run_cli(main:Callable, # the command's entry point; reads `sys.argv` itself
     except SGREError as e:
         if debug: traceback.print_exc()
         say(f'error: {e}', own=not isinstance(e, SGREPeerLost))
-        return 2
+        return e.exit_code
     except KeyboardInterrupt as e:
         if debug: traceback.print_exc()
         say(f'interrupted; {e if isinstance(e, SGREInterrupted) else "nothing half-written was left behind."}')

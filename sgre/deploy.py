@@ -7,7 +7,7 @@ __all__ = ['FORMAT_VERSION', 'export_model', 'Exported', 'load_model', 'score_im
            'sgre_predict_cli']
 
 # %% ../nbs/13_deploy.ipynb #ecff4dc3
-import argparse, csv, inspect, json, math, re, sys
+import argparse, csv, inspect, json, math, os, re, sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from .experiment import Run, load_run, model_options   # first: it imports fasta
 from fastai.vision.core import imagenet_stats
 
 from . import __version__
+from .calibration import DecisionRule, file_sha256, read_calibration
 from .core import SGREError, atomic_dir, atomic_write, check_at_least, check_between, run_cli, sgre_error
 from .metrics import _topk_mask
 from .model import SGRE, export_onnx
@@ -94,7 +95,7 @@ the experiment `{src['experiment']}` (checkpoint `{src['checkpoint']}`).
 | classes | {C}: {shown} |
 | label embeddings | {config['embed_type']} ({'fixed, stored in the weights' if config['embeddings'] == 'fixed' else 'learned'}) |
 | input | {config['img_size']} × {config['img_size']} RGB, squished (bilinear), scaled to [0, 1], {norm} |
-| prediction rule | a label is predicted when its score (sigmoid of its logit) is at least {config['threshold']:g} |
+| prediction rule | a label is predicted when its score (sigmoid of its logit) is at least {config['threshold']:g}; when the folder holds `calibration.json` (written by `sgre_calibrate`), its calibrated scores and per-class thresholds instead |
 
 ## Results
 
@@ -103,6 +104,12 @@ the experiment `{src['experiment']}` (checkpoint `{src['checkpoint']}`).
 
 `config.json` (how to rebuild the network and prepare its input), `labels.txt` (the class names, in the order of the
 outputs), `model.safetensors` (the weights){', `model.onnx` (the same network as an ONNX graph: input `images`, float32 (B, 3, S, S) already normalised; outputs `logits` (B, C) and `attention` (B, C, h, w))' if onnx else ''}.
+
+`calibration.json`, when `sgre_calibrate` has written one, is a decision rule fitted on labelled images: the calibrated score
+of label c is `1 / (1 + exp(-(scale[c] * logit[c] + bias[c])))` and label c is predicted when that score is at least
+`thresholds[c]` (the lists `scale`, `bias` and `thresholds` are in the order of `labels.txt`; what the rule was fitted on
+and its cross-validated figures are in the same file). sgre applies it wherever the folder is used; `--raw` (`raw=True`)
+ignores it.
 
 ## Use it with sgre
 
@@ -113,8 +120,8 @@ from sgre.deploy import load_model
 from sgre.viz import predict
 
 model = load_model('{name}')                 # the network (PyTorch, on the CPU), its labels and config.json
-scores = predict(model, 'image.png')          # [(label, score)], highest score first
-predicted = [label for label, score in scores if score >= model.config['threshold']]
+scores = predict(model, 'image.png')          # [(label, score)], highest score first (calibrated with calibration.json)
+predicted = [label for label, score in scores if score >= model.thresholds[label]]
 ```
 
 or for many images at once, into a CSV file: `sgre_predict --model {name} IMAGES_OR_FOLDERS... --out predictions.csv`.
@@ -125,7 +132,7 @@ or for many images at once, into a CSV file: `sgre_predict --model {name} IMAGES
 No sgre, no PyTorch: NumPy, Pillow and onnxruntime.
 
 ```python
-import json
+import json, os
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
@@ -142,7 +149,12 @@ x = x.transpose(2, 0, 1)[None]                                  # (1, 3, S, S)
 session = ort.InferenceSession(f'{{model_dir}}/model.onnx', providers=['CPUExecutionProvider'])
 logits, attention = session.run(['logits', 'attention'], {{'images': x}})
 scores = 1 / (1 + np.exp(-logits[0]))                          # one score per label
-predicted = [label for label, score in zip(labels, scores) if score >= config['threshold']]
+thresholds = [config['threshold']] * len(labels)
+if os.path.exists(f'{{model_dir}}/calibration.json'):            # the decision rule of sgre_calibrate, if there is one
+    rule = json.load(open(f'{{model_dir}}/calibration.json'))
+    scores = 1 / (1 + np.exp(-(np.array(rule['scale']) * logits[0] + np.array(rule['bias']))))
+    thresholds = rule['thresholds']
+predicted = [label for label, score, t in zip(labels, scores, thresholds) if score >= t]
 ```
 """
     return text
@@ -201,6 +213,21 @@ def _check_dest(dest:Path, exp_dir:Path):
         raise sgre_error(f'{dest} exists and is not a model folder; export replaces only an earlier export.',
                          'Choose another --dest, or remove it first.')
 
+def _umask() -> int:
+    "The process's umask, read without changing it where Linux says it (/proc), else by setting and restoring it."
+    try:
+        for line in open('/proc/self/status', encoding='ascii'):
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except (OSError, ValueError): pass
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def _follow_umask(folder:Path):
+    "Give every file under `folder` the mode a new file gets (0o666 less the umask): some writers (safetensors) make theirs 0600."
+    mode = 0o666 & ~_umask()
+    for f in folder.rglob('*'):
+        if f.is_file() and not f.is_symlink(): f.chmod(mode)
+
 def _weights(model:SGRE) -> dict:
     "The state dict as safetensors wants it: contiguous CPU tensors sharing no memory."
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -214,6 +241,9 @@ def export_model(exp_dir:str|Path, # an experiment folder (config.yaml, checkpoi
     from safetensors.torch import save_file
     exp_dir = Path(exp_dir)
     run = load_run(exp_dir, checkpoint)
+    sd = run.model.state_dict()
+    _refuse_nonfinite(_nonfinite(sd), len(sd), run.checkpoint, 'Export another checkpoint, e.g. an earlier epoch\'s'
+                      f' (`sgre_export --exp-dir {exp_dir} --checkpoint FILE`), or train again with a lower learning rate.')
     dest = Path(dest) if dest is not None else exp_dir / 'export'
     _check_dest(dest, exp_dir)
     config = _model_config(run)
@@ -238,6 +268,7 @@ def export_model(exp_dir:str|Path, # an experiment folder (config.yaml, checkpoi
             config['onnx'] = dict(file='model.onnx', opset=opset, checked_rel_diff=float(f'{err:.3g}'))
             (d / 'config.json').write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
         (d / 'README.md').write_text(_card(config, run.labels, figures, dest.name), encoding='utf-8')
+        _follow_umask(d)
     return dest
 
 # %% ../nbs/13_deploy.ipynb #25647c79
@@ -248,6 +279,7 @@ class Exported:
     labels: list       # class names, in the order of the outputs
     config: dict       # config.json
     path: Path         # the model folder
+    rule: DecisionRule|None = None   # the decision rule of calibration.json (None: there is none, or it was read with raw=True)
 
     @property
     def cfg(self) -> dict:
@@ -255,8 +287,73 @@ class Exported:
         c = self.config
         return dict(img_size=c['img_size'], orid_norm=c['mean'] is None, threshold=c['threshold'], topk=c['topk'], arch=c['arch'])
 
+    @property
+    def thresholds(self) -> dict:
+        "Each label's threshold: the rule's per-class thresholds, or config.json's one threshold when there is no rule."
+        t = self.rule.thresholds if self.rule is not None else [self.config['threshold']] * len(self.labels)
+        return {l: float(v) for l, v in zip(self.labels, t)}
+
+    @property
+    def decision(self) -> str:
+        "How this model decides, in words (what `sgre_predict` reports)."
+        if self.rule is None: return f"scores = sigmoid(logits), threshold {self.config['threshold']:g}"
+        return f'{self.rule.name}: {self.rule.describe()}'
+
+    def __repr__(self) -> str: return f'Exported({str(self.path)!r}: {len(self.labels)} labels; {self.decision})'
+
 _REQUIRED = ('arch', 'timm_kwargs', 'num_classes', 'embeddings', 'embed_dim', 'attn_dim', 'num_layers', 'num_heads', 'ff_dim',
              'normalize_before', 'pos', 'tau', 'img_size', 'mean', 'std', 'threshold', 'topk')
+_TIMM_KWARGS = {'output_stride': (1, 64)}   # the only backbone option `sgre_export` writes (`model_options`), with its range
+_LIMITS = {'num_classes': (1, 1 << 20), 'embed_dim': (1, 1 << 16), 'attn_dim': (1, 1 << 16), 'num_layers': (0, 64),
+           'num_heads': (1, 1024), 'ff_dim': (1, 1 << 17), 'img_size': (1, 8192), 'topk': (1, 1 << 20)}
+
+def _whole(v, lo, hi) -> bool: return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _inside(path:Path, name, key:str, cj:Path) -> Path:
+    "The file `name` of the model folder `path`, refused unless it is a relative path that stays inside the folder."
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise sgre_error(f'{cj}: "{key}" must name a file inside the model folder, not {name!r}; export the model again with `sgre_export`.')
+    f = path / name
+    if path.resolve() not in f.resolve().parents:
+        raise sgre_error(f'{cj}: "{key}" names {name!r}, which is outside the model folder; a model folder reads only its own',
+                         'files. Export the model again with `sgre_export`.')
+    return f
+
+def _check_config(path:Path, cj:Path, config:dict):
+    "Refuse what `sgre_export` does not write: unknown backbone options, paths outside the folder, values of the wrong kind."
+    bad = lambda key, want: sgre_error(f'{cj}: "{key}" must be {want}, not {json.dumps(config[key])[:80]}; export the model',
+                                       'again with `sgre_export`.')
+    arch = config['arch']
+    if not isinstance(arch, str) or not re.fullmatch(r'[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)?', arch):
+        raise bad('arch', 'a timm model name (letters, digits, `_`, one optional `.tag`)')
+    kw = config['timm_kwargs']
+    if not isinstance(kw, dict): raise bad('timm_kwargs', 'an object')
+    if extra := [k for k in kw if k not in _TIMM_KWARGS]:
+        raise sgre_error(f'{cj}: "timm_kwargs" holds {", ".join(map(repr, extra))}, which `sgre_export` never writes; a model',
+                         f'folder may set only {", ".join(_TIMM_KWARGS)} (a key such as checkpoint_path or pretrained_file would make',
+                         'loading the model read another file). Export the model again with `sgre_export`.')
+    for k, (lo, hi) in _TIMM_KWARGS.items():
+        if k in kw and not _whole(kw[k], lo, hi):
+            raise sgre_error(f'{cj}: "timm_kwargs" has {k} = {json.dumps(kw[k])[:40]}, not a whole number from {lo} to {hi};',
+                             'export the model again with `sgre_export`.')
+    for k, (lo, hi) in _LIMITS.items():
+        if not _whole(config[k], lo, hi): raise bad(k, f'a whole number from {lo} to {hi}')
+    for k in ('normalize_before', 'pos'):
+        if not isinstance(config[k], bool): raise bad(k, 'true or false')
+    if config['embeddings'] not in ('fixed', 'learned'): raise bad('embeddings', '"fixed" or "learned"')
+    if not (_number(config['tau']) and config['tau'] > 0): raise bad('tau', 'a positive number')
+    if not (_number(config['threshold']) and 0 <= config['threshold'] <= 1): raise bad('threshold', 'a number in [0, 1]')
+    if (config['mean'] is None) != (config['std'] is None): raise bad('std', 'null exactly when "mean" is null')
+    for k in ('mean', 'std'):
+        v = config[k]
+        if v is not None and not (isinstance(v, list) and len(v) == 3 and all(_number(x) for x in v)
+                                  and (k == 'mean' or all(x > 0 for x in v))):
+            raise bad(k, 'null or a list of three numbers' + (' above 0' if k == 'std' else ''))
+    onnx = config.get('onnx')
+    if onnx is not None:
+        if not isinstance(onnx, dict): raise bad('onnx', 'null or an object')
+        _inside(path, onnx.get('file'), 'onnx.file', cj)
 
 def _read_folder(path:Path) -> tuple: # (config, labels)
     "config.json and labels.txt of a model folder, checked."
@@ -282,6 +379,7 @@ def _read_folder(path:Path) -> tuple: # (config, labels)
                          f'({__version__}) reads format {FORMAT_VERSION} and older. Upgrade sgre (`pip install -U sgre`) to load it.')
     if missing := [k for k in _REQUIRED if k not in config]:
         raise sgre_error(f'{cj} lacks {", ".join(missing)}; export the model again with `sgre_export`.')
+    _check_config(path, cj, config)
     lt = path / 'labels.txt'
     if not lt.is_file():
         raise sgre_error(f'{path} has no labels.txt, so the model folder is incomplete; export it again with `sgre_export`.')
@@ -291,10 +389,27 @@ def _read_folder(path:Path) -> tuple: # (config, labels)
                          'export the model again with `sgre_export`.')
     return config, labels
 
+def _nonfinite(tensors:dict) -> list:
+    "Names of the floating-point tensors that hold a NaN or an infinity."
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+def _refuse_nonfinite(bad:list, total:int, what:str, fix:str):
+    if bad:
+        raise sgre_error(f'{what} holds non-finite weights (NaN or infinity) in {len(bad)} tensor{"" if len(bad) == 1 else "s"} of {total}',
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run diverged before they were saved,",
+                         f'and the model would give NaN scores. {fix}')
+
+def _rule_of(path:Path, labels:list) -> DecisionRule|None:
+    "The folder's calibration.json, checked against its labels and weights (None when it has none)."
+    if not (path / 'calibration.json').is_file(): return None
+    wf = path / 'model.safetensors'
+    return read_calibration(path, labels, file_sha256(wf) if wf.is_file() else None)
+
 def load_model(path:str|Path, # a model folder written by `export_model` / `sgre_export`
                device='cpu', # where to put the model
+               raw:bool=False, # ignore calibration.json: uncalibrated scores and config.json's threshold
               ) -> Exported:
-    "Rebuild the network of a model folder from the folder alone."
+    "Rebuild the network of a model folder from the folder alone, with its decision rule (calibration.json) when it has one."
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     path = Path(path)
@@ -305,31 +420,47 @@ def load_model(path:str|Path, # a model folder written by `export_model` / `sgre
     try: sd = load_file(str(wf))
     except (SafetensorError, OSError, ValueError) as e:
         raise sgre_error(f'{wf} is not a readable safetensors file ({type(e).__name__}: {str(e)[:150]}); export the model again.') from None
+    _refuse_nonfinite(_nonfinite(sd), len(sd), wf, 'Export the model again from a checkpoint with finite weights, e.g. an earlier'
+                      " epoch's (`sgre_export --exp-dir EXP --checkpoint FILE`).")
+    rule = None if raw else _rule_of(path, labels)
     model = _build(config)
     try: model.load_state_dict(sd)
     except RuntimeError as e:
         raise sgre_error(f'{wf} does not fit the network that {path / "config.json"} describes:', ' '.join(str(e).split())[:400],
                          '— export the model again with `sgre_export`.') from None
-    return Exported(model.to(device).eval(), labels, config, path)
+    return Exported(model.to(device).eval(), labels, config, path, rule)
 
 # %% ../nbs/13_deploy.ipynb #fcc8c35b
 _IMAGE_EXTS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.tif', '.tiff', '.webp')
 
-def _find_images(paths:list) -> tuple: # (image files, paths that do not exist)
-    "Files as given, and the image files under folders (recursively, sorted), each once."
-    found, missing, seen = [], [], set()
+def _why_not(p:Path) -> str:
+    "Why `p`, which is not a readable file or folder, is skipped."
+    if p.is_symlink():
+        try: target = os.readlink(p)
+        except OSError: target = '?'
+        return f'a symbolic link to {target}, which does not exist' if not p.exists() else f'a symbolic link to {target}, which is not a file'
+    return 'no such file or folder' if not p.exists() else 'not a regular file'
+
+def _find_images(paths:list) -> tuple: # (image files, [(path, reason)] of the paths skipped)
+    "Files as given, and the image files under folders (recursively, sorted), each once; a dangling link or odd entry is skipped with its reason."
+    found, skipped, seen = [], [], set()
     for p in map(Path, paths):
-        if p.is_dir(): files = sorted(f for f in p.rglob('*') if f.suffix.lower() in _IMAGE_EXTS and f.is_file())
-        elif p.exists(): files = [p]
-        else: missing.append(p); continue
+        if p.is_dir():
+            files = []
+            for f in sorted(p.rglob('*')):
+                if f.suffix.lower() not in _IMAGE_EXTS or f.is_dir(): continue
+                if f.is_file(): files.append(f)
+                else: skipped.append((f, _why_not(f)))      # a dangling link, a FIFO ... named like an image
+        elif p.is_file(): files = [p]
+        else: skipped.append((p, _why_not(p))); continue
         for f in files:
             if f.resolve() not in seen: seen.add(f.resolve()); found.append(f)
-    return found, missing
+    return found, skipped
 
-def _load_any(path, device='cpu'):
+def _load_any(path, device='cpu', raw:bool=False):
     "A model folder (`load_model`) or an experiment folder (`load_run`)."
     p = Path(path)
-    if (p / 'config.json').is_file(): return load_model(p, device)
+    if (p / 'config.json').is_file(): return load_model(p, device, raw=raw)
     if (p / 'config.yaml').is_file(): return load_run(p, device=device)
     if not p.is_dir(): raise sgre_error(f'{p} is not a folder; pass a model folder (`sgre_export`) or an experiment folder (`sgre_train`).')
     raise sgre_error(f'{p} is neither a model folder (config.json, model.safetensors: written by `sgre_export`) nor an',
@@ -341,29 +472,53 @@ class _Predictor:
     img_size: int
     orid_norm: bool
     threshold: float
-    score: object   # (B, 3, S, S) tensor -> (B, C) float32 scores
+    score: object   # (B, 3, S, S) tensor -> ((B, C) float32 sigmoid scores, (B, C) float32 logits)
+    rule: DecisionRule|None = None   # calibration.json's rule, applied to the logits
+    backend: str = 'PyTorch'
 
-def _predictor(model, onnx:bool=False) -> _Predictor:
+def _onnx_nonfinite(path:Path):
+    "Refuse a model.onnx whose weights (initializers) hold a NaN or an infinity."
+    import onnx as _onnx
+    from onnx import numpy_helper
+    inits = _onnx.load(str(path)).graph.initializer
+    bad = [t.name for t in inits if (a := numpy_helper.to_array(t)).dtype.kind == 'f' and not np.isfinite(a).all()]
+    _refuse_nonfinite(bad, len(inits), path, 'Export the model again from a checkpoint with finite weights, e.g. an earlier'
+                      " epoch's (`sgre_export --exp-dir EXP --checkpoint FILE`).")
+
+def _predictor(model, onnx:bool=False, raw:bool=False) -> _Predictor:
     if onnx:
         path = model.path if isinstance(model, Exported) else Path(model)
         if isinstance(model, Run) or (path / 'config.yaml').is_file() and not (path / 'config.json').is_file():
             raise sgre_error(f'--onnx needs a model folder with model.onnx, and {path} is an experiment folder; export it',
                              f'with `sgre_export --exp-dir {path}`, or leave out --onnx to use PyTorch.')
         config, labels = _read_folder(path)
-        if not (path / 'model.onnx').is_file():
+        f = _inside(path, config['onnx']['file'], 'onnx.file', path / 'config.json') if config.get('onnx') else path / 'model.onnx'
+        if not f.is_file():
             raise sgre_error(f'{path} has no model.onnx (it was exported with --no-onnx); export it again without --no-onnx,',
                              'or leave out --onnx to use PyTorch.')
-        sess = _onnx_session(path / 'model.onnx')
-        def score(x): return 1 / (1 + np.exp(-sess.run(['logits'], {'images': x.numpy()})[0]))
-        return _Predictor(labels, config['img_size'], config['mean'] is None, config['threshold'], score)
-    m = model if isinstance(model, (Run, Exported)) else _load_any(model, 'cuda' if torch.cuda.is_available() else 'cpu')
+        rule = None if raw else _rule_of(path, labels)
+        _onnx_nonfinite(f)
+        sess = _onnx_session(f)
+        def score(x):
+            logits = sess.run(['logits'], {'images': x.numpy()})[0]
+            return 1 / (1 + np.exp(-logits)), logits
+        return _Predictor(labels, config['img_size'], config['mean'] is None, config['threshold'], score, rule, 'onnxruntime')
+    if isinstance(model, (Run, Exported)): m = model
+    else: m = _load_any(model, 'cuda' if torch.cuda.is_available() else 'cpu', raw=raw)
+    if isinstance(m, Run):
+        _refuse_nonfinite(_nonfinite(m.model.state_dict()), len(m.model.state_dict()), m.checkpoint,
+                          'Use a checkpoint with finite weights, e.g. an earlier epoch\'s (`--checkpoint FILE`).')
     dev = next(m.model.parameters()).device
     @torch.no_grad()
-    def score(x): return torch.sigmoid(m.model.eval()(x.to(dev)).logits.float()).cpu().numpy()
-    return _Predictor(m.labels, m.cfg['img_size'], m.cfg['orid_norm'], float(m.cfg['threshold']), score)
+    def score(x):
+        logits = m.model.eval()(x.to(dev)).logits.float()
+        return torch.sigmoid(logits).cpu().numpy(), logits.cpu().numpy()
+    return _Predictor(m.labels, m.cfg['img_size'], m.cfg['orid_norm'], float(m.cfg['threshold']), score,
+                      None if raw else getattr(m, 'rule', None))
 
-def _score(p:_Predictor, images:list, batch_size:int, progress:bool=False) -> tuple:
-    read, rows, skipped = [], [], []
+def _score(p:_Predictor, images:list, batch_size:int, progress:bool=False) -> tuple: # (read, scores, skipped, logits)
+    "Scores (calibrated when the predictor has a rule) and logits of the images that can be read."
+    read, rows, logits, skipped = [], [], [], []
     starts = range(0, len(images), batch_size)
     if progress:
         from fastprogress.fastprogress import progress_bar
@@ -374,29 +529,40 @@ def _score(p:_Predictor, images:list, batch_size:int, progress:bool=False) -> tu
             try: xs.append(preprocess(f, p.img_size, p.orid_norm)[0])
             except SGREError as e: skipped.append((f, str(e)))
             else: read.append(f)
-        if xs: rows.append(p.score(torch.cat(xs)).astype(np.float32))
-    return read, np.concatenate(rows) if rows else np.zeros((0, len(p.labels)), np.float32), skipped
+        if xs:
+            s, l = p.score(torch.cat(xs))
+            rows.append(s.astype(np.float32)); logits.append(l.astype(np.float32))
+    empty = np.zeros((0, len(p.labels)), np.float32)
+    scores, logits = (np.concatenate(rows), np.concatenate(logits)) if rows else (empty, empty)
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits).all(1)).sum())
+        raise sgre_error(f'the model gives non-finite logits (NaN or infinity) for {bad} of the {len(read)} images, so it has no',
+                         'scores for them; nothing was written. Its weights are probably broken: export the model again from',
+                         'a checkpoint of a run that did not diverge.')
+    if p.rule is not None: scores = p.rule.calibrate(logits)
+    return read, scores, skipped, logits
 
 # %% ../nbs/13_deploy.ipynb #1e3cca62
 def score_images(model, # a model folder, an experiment folder, an `Exported` or a `Run`
                  images:list, # image files
                  batch_size:int=32, # images per forward pass
                  onnx:bool=False, # run the model folder's model.onnx with onnxruntime instead of PyTorch
+                 raw:bool=False, # uncalibrated scores even when the model folder has calibration.json
                 ) -> tuple: # (files read, scores (n, C) float32, labels, [(file, reason)] of the files that could not be read)
-    "The score of every label for each image, read as the validation transforms read it."
+    "The score of every label for each image, read as the validation transforms read it; calibrated when the folder has a rule."
     check_at_least('batch_size', batch_size, 1)
-    p = _predictor(model, onnx)
-    read, scores, skipped = _score(p, [Path(f) for f in images], batch_size)
+    p = _predictor(model, onnx, raw)
+    read, scores, skipped, _ = _score(p, [Path(f) for f in images], batch_size)
     return read, scores, p.labels, skipped
 
 def predicted_labels(scores, # (n, C) scores in [0, 1]
                      labels:list, # the C class names
-                     threshold:float=0.5, # a label is predicted when its score is at least this
+                     threshold=0.5, # a label is predicted when its score is at least this: one number, or (C,) per-class thresholds
                      topk:int|None=None, # only among each image's k best labels (None: all)
                     ) -> list: # for each image, its predicted labels, highest score first
-    "The paper's prediction rule: score ≥ threshold, and with `topk` only among the k best."
+    "The paper's prediction rule: score ≥ threshold (one per label with a decision rule), and with `topk` only among the k best."
     S = np.asarray(scores, dtype=np.float64).reshape(-1, len(labels))
-    pred = S >= threshold
+    pred = S >= np.asarray(threshold, dtype=np.float64)
     if topk is not None: pred &= _topk_mask(S, min(int(topk), S.shape[1]))
     order = np.argsort(-S, axis=1, kind='stable')
     return [[labels[c] for c in o if p[c]] for o, p in zip(order, pred)]
@@ -430,11 +596,13 @@ def _predict_parser() -> argparse.ArgumentParser:
     ap.add_argument('--model', required=True, metavar='DIR', help='a model folder (sgre_export) or an experiment folder (sgre_train)')
     ap.add_argument('--out', default='predictions.csv', metavar='FILE', help='.csv (image, one column per label, labels) or .jsonl '
                     '(one JSON object per image); default: predictions.csv in the working folder')
-    ap.add_argument('--threshold', type=float, help="a label is predicted when its score is at least this (default: the model's, "
-                    'from config.json)')
+    ap.add_argument('--threshold', type=float, help="a label is predicted when its score is at least this, for every label "
+                    "(default: the per-class thresholds of the folder's calibration.json, else the model's threshold from config.json)")
     ap.add_argument('--topk', type=int, metavar='K', help='predict only among the K best labels of each image (default: all labels)')
     ap.add_argument('--batch-size', type=int, default=32, help='images per forward pass (default: 32)')
     ap.add_argument('--onnx', action='store_true', help='run model.onnx with onnxruntime instead of PyTorch (a model folder only)')
+    ap.add_argument('--raw', action='store_true', help="ignore the folder's calibration.json: uncalibrated scores (sigmoid of the "
+                    "logits) and the model's threshold (or --threshold)")
     return ap
 
 def _check_columns(labels:list):
@@ -467,23 +635,28 @@ def _predict_main(argv):
         raise sgre_error(f"--out {a.out}: unknown file type {out.suffix or '(no extension)'}; name a .csv file (one column per label)",
                          'or a .jsonl file (one JSON object per image).')
     if out.is_dir(): raise sgre_error(f'--out {a.out} is a folder; name a .csv or .jsonl file.')
-    p = _predictor(a.model, a.onnx)
+    p = _predictor(a.model, a.onnx, a.raw)
     if out.suffix.lower() == '.csv': _check_columns(p.labels)
     images, missing = _find_images(a.paths)
     if not images and not missing:
         raise sgre_error(f"found no image file in {', '.join(a.paths[:3])}{' ...' if len(a.paths) > 3 else ''}; image files",
                          f"have the extensions {' '.join(_IMAGE_EXTS)}. Nothing was written.")
-    read, scores, skipped = _score(p, images, a.batch_size, progress=sys.stdout.isatty())
-    for f in missing: print(f'sgre_predict: skipped {f}: no such file or folder', file=sys.stderr)
+    read, scores, skipped, _ = _score(p, images, a.batch_size, progress=sys.stdout.isatty())
+    for f, why in missing: print(f'sgre_predict: skipped {f}: {why}', file=sys.stderr)
     for f, why in skipped: print(f'sgre_predict: skipped {f}: {why}', file=sys.stderr)
     bad = len(missing) + len(skipped)
     if not read:
         raise sgre_error(f'none of the {_plural(bad, "path")} given could be read as an image (each is listed above);',
                          'nothing was written.')
-    threshold = p.threshold if a.threshold is None else a.threshold
+    if p.rule is not None and a.threshold is None:
+        threshold, rule = p.rule.thresholds, p.rule.name
+    else:
+        threshold = p.threshold if a.threshold is None else a.threshold
+        rule = ('calibrated scores from calibration.json, ' if p.rule is not None else '') + f'threshold {threshold:g}'
+        if a.raw: rule += ', uncalibrated scores (--raw)'
     _write_predictions(out, read, scores, p.labels, predicted_labels(scores, p.labels, threshold, a.topk))
-    rule = f'threshold {threshold:g}' + (f', top-{a.topk}' if a.topk else '')
-    print(f"scored {_plural(len(read), 'image')} with {'onnxruntime' if a.onnx else 'PyTorch'} ({len(p.labels)} labels, {rule})"
+    rule += f', top-{a.topk}' if a.topk else ''
+    print(f"scored {_plural(len(read), 'image')} with {p.backend} ({len(p.labels)} labels, {rule})"
           + (f'; {_plural(bad, "file")} could not be read, skipped' if bad else '') + f'; wrote {out}')
 
 def sgre_predict_cli():

@@ -6,7 +6,7 @@
 __all__ = ['evaluate', 'summary_text', 'result_text', 'prediction_text', 'write_results', 'sgre_evaluate_cli']
 
 # %% ../nbs/09_eval.ipynb #43650d4b
-import argparse, sys
+import argparse, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,20 @@ from .core import atomic_write, check_at_least, check_between, run_cli
 from .data import read_prepared, sgre_dls
 from .experiment import Run, load_run
 from .metrics import ap_summary, threshold_metrics, topk_metrics
+from .report import _pr_figure, model_attention, report_html
 from .train import predict_dl
 
 # %% ../nbs/09_eval.ipynb #e2b1d9b5
+def _known_cells(targets:np.ndarray, # (n, C) targets: 1, 0, and -1 for an unknown cell (-1 reads 255 as uint8)
+                 ignore:np.ndarray|None, # (n, C) the split's own ignore mask (VOC difficult), or None
+                ) -> tuple: # (0/1 targets, ignore mask or None)
+    "Targets that may hold -1 for unknown cells as 0/1 targets and an ignore mask (1 = not judged)."
+    T = np.asarray(targets)
+    unknown = T.view(np.int8) == -1 if T.dtype in (np.uint8, np.int8) else T == -1
+    if not unknown.any(): return T, ignore
+    G = unknown if ignore is None else (np.asarray(ignore) != 0) | unknown
+    return (T == 1).astype(np.uint8), G.astype(np.uint8)
+
 def evaluate(run:Run, # from `load_run`
              bs:int|None=None, # batch size (default: the run's)
              threshold:float=0.5, # for the threshold metrics
@@ -29,11 +40,13 @@ def evaluate(run:Run, # from `load_run`
     dls = sgre_dls(cfg['data_dir'], img_size=cfg['img_size'], bs=bs or cfg['batch_size'], num_workers=num_workers,
                    orid_norm=cfg['orid_norm'], device=next(run.model.parameters()).device)
     scores, targets = predict_dl(run.model, dls.valid)
-    scores, targets, ignore = scores.numpy(), targets.numpy(), dls.ignore   # float32 scores, uint8 targets
+    scores = scores.numpy()                                             # float32 scores, uint8 targets
+    targets, ignore = _known_cells(targets.numpy(), dls.ignore)
     data = read_prepared(cfg['data_dir'])
     items = [str(Path(p).relative_to(data.root)) if Path(p).is_relative_to(data.root) else str(p) for p, _ in data.test]
     topk = min(topk, len(run.labels))
-    return dict(scores=scores, targets=targets, ignore=ignore, items=items, threshold=threshold, topk=topk,
+    return dict(scores=scores, targets=targets, ignore=ignore, items=items, paths=[p for p, _ in data.test],
+                threshold=threshold, topk=topk, data_dir=str(cfg['data_dir']),
                 ap=ap_summary(scores, targets, ignore), thr=threshold_metrics(scores, targets, threshold, ignore=ignore),
                 top=topk_metrics(scores, targets, topk, threshold, ignore=ignore))
 
@@ -71,51 +84,50 @@ def prediction_text(res:dict, labels:list) -> str:
                    for item, s, o in zip(res['items'], res['scores'], order))
 
 # %% ../nbs/09_eval.ipynb #bef0f606
-def _pr(scores:np.ndarray, targets:np.ndarray):
-    "Precision and recall at every threshold (ties as one), for one class."
-    o = np.argsort(-scores, kind='stable')
-    s, y = scores[o], targets[o]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[last]
-    return tp / (last + 1), tp / max(y.sum(), 1)
-
 def _figures(res:dict, labels:list) -> dict:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     S, Y, G, AP = res['scores'], res['targets'], res['ignore'], res['ap']['AP']
-    keep = np.ones_like(Y, bool) if G is None else G == 0
-    figs = {}
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for c in range(Y.shape[1]):
-        if Y[keep[:, c], c].sum():
-            p, r = _pr(S[keep[:, c], c], Y[keep[:, c], c]); ax.plot(r, p, color='0.75', lw=0.8)
-    p, r = _pr(S[keep], Y[keep]); ax.plot(r, p, color='C3', lw=2, label='all classes pooled')
-    ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=f"precision–recall (mAP {res['ap']['mAP']:.4f})")
-    ax.plot([], [], color='0.75', label='each class'); ax.legend(loc='lower left'); ax.grid(alpha=0.3)
-    figs['pr_curves.png'] = fig
-    o = [i for i in np.argsort(np.nan_to_num(AP, nan=-1)) if not np.isnan(AP[i])]
+    figs = {'pr_curves.png': _pr_figure(S, Y, G, AP, res['ap']['mAP'])}
+    o = [i for i in np.argsort(np.nan_to_num(AP, nan=-1), kind='stable') if not np.isnan(AP[i])]
+    title = 'AP per class'
+    if len(o) > 60: o, title = o[:30] + o[-30:], f'AP per class: the 30 lowest and the 30 highest of {len(o)}'
     fig, ax = plt.subplots(figsize=(6, max(2.5, 0.22 * len(o) + 1)))
     ax.barh(range(len(o)), AP[o], color='C0'); ax.set_yticks(range(len(o)), [labels[i] for i in o], fontsize=8)
-    ax.set(xlabel='AP', xlim=(0, 1), title='AP per class'); ax.grid(axis='x', alpha=0.3)
+    if len(o) == 60: ax.axhline(29.5, color='0.4', ls=':', lw=1)
+    ax.set(xlabel='AP', xlim=(0, 1), title=title); ax.grid(axis='x', alpha=0.3)
+    fig.tight_layout()
     figs['per_class_ap.png'] = fig
-    for f in figs.values(): f.tight_layout()
     return figs
+
+def _report(res:dict, run:Run) -> str:
+    "report.html of an evaluation, with the run's attention for the thumbnails."
+    notes = [f'checkpoint {run.checkpoint.name}' + (" (authors' layout)" if run.official else ''),
+             f"test split of {Path(res['data_dir']).name}: {len(res['scores'])} images, {len(run.labels)} classes",
+             f"rule: score ≥ {res['threshold']:g}; top-{res['topk']}", f"evaluated {time.strftime('%Y-%m-%d %H:%M')}"]
+    return report_html(res['scores'], res['targets'], run.labels, res['threshold'], res['ignore'], items=res['items'],
+                       attention=model_attention(run, res['paths']), title=f'{run.exp_dir.parent.name}/{run.exp_dir.name}',
+                       notes=notes, topk=res['topk'])
 
 def write_results(res:dict, # from `evaluate`
                   run:Run, # the evaluated run
                   dest:str|Path|None=None, # default: the experiment folder
+                  report:bool=True, # write report.html too
                  ) -> list: # the files written
-    "Write result.txt, prediction.txt, scores.npy, targets.npy and the figures (each atomically)."
+    "Write result.txt, prediction.txt, scores.npy, targets.npy (ignore.npy), the figures and report.html (each atomically)."
     import matplotlib.pyplot as plt
     dest = Path(dest or run.exp_dir)
     texts = {'result.txt': result_text(res, run), 'prediction.txt': prediction_text(res, run.labels)}
     figs = _figures(res, run.labels)   # everything is made before anything is written
+    if report: texts['report.html'] = _report(res, run)
+    arrays = {'scores.npy': np.asarray(res['scores'], np.float32), 'targets.npy': res['targets']}
+    if res['ignore'] is not None: arrays['ignore.npy'] = np.asarray(res['ignore'], np.uint8)
     written = []
     for name, text in texts.items():
         with atomic_write(dest / name) as t: t.write_text(text, encoding='utf-8')
         written.append(dest / name)
-    for name, arr in (('scores.npy', np.asarray(res['scores'], np.float32)), ('targets.npy', res['targets'])):
+    for name, arr in arrays.items():
         with atomic_write(dest / name) as t:
             with open(t, 'wb') as f: np.save(f, arr)
         written.append(dest / name)
@@ -140,9 +152,9 @@ def _main(argv):
     import torch
     run = load_run(a.exp_dir, a.checkpoint, a.official or None, device='cuda' if torch.cuda.is_available() else 'cpu')
     res = evaluate(run, a.batch_size, a.threshold, a.topk, a.num_workers)
-    write_results(res, run)
+    written = write_results(res, run)
     print(summary_text(res, run))
-    print(f'wrote result.txt, prediction.txt, scores.npy, targets.npy, pr_curves.png, per_class_ap.png in {run.exp_dir}')
+    print(f'wrote {", ".join(p.name for p in written)} in {run.exp_dir}')
 
 def sgre_evaluate_cli():
     "Console script `sgre_evaluate`."

@@ -4,12 +4,11 @@
 
 # %% auto #0
 __all__ = ['SEED_DEFAULTS', 'DIGITS_DEFAULTS', 'new_experiment', 'save_atomic', 'write_config', 'read_config', 'rng_state',
-           'set_rng_state', 'Experiment', 'parse_config', 'model_options', 'build_learner', 'train', 'resume',
-           'run_config', 'Run', 'load_run', 'sgre_train_cli']
+           'set_rng_state', 'read_history', 'Experiment', 'parse_config', 'check_config', 'model_options',
+           'build_learner', 'train', 'resume', 'run_config', 'Run', 'load_run', 'sgre_train_cli']
 
 # %% ../nbs/08_experiment.ipynb #172591d5
-import argparse, contextlib, csv, math, os, random, re, shutil, signal, sys, threading, time, warnings
-from datetime import timedelta
+import argparse, contextlib, csv, math, os, random, shutil, sys, time, warnings
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from .train import SGRELearner, _OPTIMIZERS, _distributed, _unwrap, fit_recipe, gather_rows, sgre_learner   # first: sgre.train imports fastai with its import-time warnings silenced
+from .train import SGRELearner, _OPTIMIZERS, _distributed, _unwrap, fit_recipe, gather_rows, gpu_precision, optimizer_steps, sgre_learner   # first: sgre.train imports fastai with its import-time warnings silenced
 from fastai.callback.core import Callback
 from fastai.learner import CancelFitException, Learner
 from fastai.torch_core import default_device, num_distrib, rank_distrib
 from fastcore.foundation import L
 from fastcore.imports import IN_NOTEBOOK
 
-from .core import SGREInterrupted, SGREPeerLost, _comm_failure, atomic_write, check_at_least, check_between, run_cli, seed_everything, sgre_error
-from .data import prepare_digits, read_prepared, sgre_dls
+from .core import SGREError, _tmp_sibling, atomic_write, check_at_least, check_between, run_cli, seed_everything, sgre_error
+from .data import check_files, default_workers, prepare_digits, read_prepared, sgre_dls
 from .embeddings import load_embeddings, write_embeddings
 from .model import SGRE, official_state_dict, read_state_dict
+from .process import (RunLock, StopOnSigterm, ddp_context, disk_errors, end_process, explain_stop, init_process, main_first, process_device,
+                          share)
 
 # %% ../nbs/08_experiment.ipynb #3d9fb7f0
 def new_experiment(root:str|Path='experiments', # the experiments folder
@@ -43,9 +44,26 @@ def new_experiment(root:str|Path='experiments', # the experiments folder
         try: (home / f'exp{n}').mkdir(); return home / f'exp{n}'
         except FileExistsError: n += 1
 
+class _WriteRecorder:
+    "A file's `write` that remembers the `OSError` of a failed write (PyTorch's zip writer reports it as `unexpected pos`)."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e: self.error = e; raise
+    def flush(self): return self.f.flush()
+
+def _torch_save(obj, path:Path):
+    "`torch.save` whose failed write raises the `OSError` itself, with its errno (no space left, quota), not a `RuntimeError`."
+    with open(path, 'wb') as f:
+        w = _WriteRecorder(f)
+        try: torch.save(obj, w)
+        except RuntimeError:
+            if w.error is not None: raise OSError(w.error.errno, w.error.strerror, str(path)) from None
+            raise
+
 def save_atomic(obj, path:str|Path):
     "`torch.save` to a temporary file beside `path`, then rename."
-    with atomic_write(path) as tmp: torch.save(obj, tmp)
+    with atomic_write(path) as tmp: _torch_save(obj, tmp)
 
 def write_config(cfg:dict, path:str|Path):
     "Write a run's options as YAML (atomically)."
@@ -67,22 +85,25 @@ def read_config(exp_dir:str|Path) -> dict:
 def _train_rng(learn): return getattr(learn.dls.train, 'dl', learn.dls.train).rng
 
 def rng_state(learn:Learner) -> dict:
-    "Every random state a run depends on."
-    st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-              loader=_train_rng(learn).getstate())
+    "Every random state a run depends on, as tensors, numbers and tuples (loadable with `weights_only=True`)."
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    st = dict(python=random.getstate(), numpy=(name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+              torch=torch.get_rng_state(), loader=_train_rng(learn).getstate())
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
 def set_rng_state(learn:Learner, st:dict):
     "Restore what `rng_state` saved."
-    random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
+    random.setstate(st['python']); torch.set_rng_state(st['torch'])
+    name, keys, *rest = st['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), *rest))
     _train_rng(learn).setstate(st['loader'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
 # %% ../nbs/08_experiment.ipynb #08d9ab04
 _COLUMNS = ['epoch', 'train_loss', 'valid_loss', 'mAP', 'ema_mAP', 'lr', 'seconds']
 
-def _plot_curves(rows:list, path:Path):
+def _curves_png(rows:list, path:Path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -93,8 +114,46 @@ def _plot_curves(rows:list, path:Path):
     a1.set(xlabel='epoch', ylabel='loss', title='losses'); a2.set(xlabel='epoch', ylabel='mAP', title='validation mAP')
     for a in (a1, a2): a.legend(); a.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_write(path) as tmp: fig.savefig(tmp, format='png', dpi=100)
+    with open(path, 'wb') as f: fig.savefig(f, format='png', dpi=100)
     plt.close(fig)
+
+def _history_csv(rows:list, path:Path):
+    with open(path, 'w', newline='', encoding='utf-8') as f:
+        w = csv.DictWriter(f, fieldnames=_COLUMNS); w.writeheader(); w.writerows(rows)
+
+def _commit(files:list, # [(final path, write(temporary path))], written in this order, renamed in this order
+            folder:Path, then:str):
+    "Write every file to a temporary name first, then rename them all: a failed write leaves all the old files."
+    tmps = []
+    try:
+        with disk_errors(folder, then):
+            for path, write in files:
+                tmps.append(_tmp_sibling(Path(path), 'tmp')); write(tmps[-1])
+            for (path, _), tmp in zip(files, tmps): os.replace(tmp, path)
+    finally:
+        for t in tmps: t.unlink(missing_ok=True)
+
+def read_history(exp_dir:str|Path) -> list:
+    "The rows of a run's `history.csv` (numbers as floats, `epoch` as int), checked: a damaged file is an error naming it."
+    path = Path(exp_dir) / 'history.csv'
+    if not path.exists(): return []
+    fix = f'restore it, or delete it (a resumed run then starts the table again at its next epoch).'
+    try:
+        with open(path, newline='', encoding='utf-8') as f: rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e: raise sgre_error(f'{path} is not a readable CSV table ({e});', fix) from None
+    if rows and list(rows[0]) != _COLUMNS:
+        raise sgre_error(f'{path} does not have the columns {", ".join(_COLUMNS)} (it has {", ".join(map(str, rows[0]))});', fix)
+    out = []
+    for i, r in enumerate(rows, 2):
+        try: out.append({k: int(r[k]) if k == 'epoch' else float(r[k]) for k in _COLUMNS})
+        except (TypeError, ValueError):
+            bad = next(k for k in _COLUMNS if not _is_number(r.get(k)))
+            raise sgre_error(f'{path} line {i}: `{bad}` is {r.get(bad)!r}, not a number;', fix) from None
+    return out
+
+def _is_number(v) -> bool:
+    try: float(v); return True
+    except (TypeError, ValueError): return False
 
 class Experiment(Callback):
     "Writes the experiment folder (rank 0), keeps the best EMA checkpoint, early-stops, saves the resume state."
@@ -105,30 +164,43 @@ class Experiment(Callback):
         self.exp_dir, self.estop, self.patience = Path(exp_dir), estop, patience
         self.best, self.best_epoch, self.wait = -math.inf, None, 0
         self.saved = None  # the last epoch whose state is in last.pth, as every process knows it
+        self._state = None # a loaded resume state, applied when the fit starts (the model is then on its device)
+        self.warned = []
 
     @property
     def main(self): return rank_distrib() == 0
     @property
     def ckpt_dir(self): return self.exp_dir / 'checkpoints'
+    @property
+    def _then(self) -> str:
+        kept = (f'The folder still holds the state after epoch {self.saved + 1}; once the cause is fixed, continue with '
+                f'`sgre_train --resume {self.exp_dir}`.' if self.saved is not None else
+                'No epoch was saved yet; once the cause is fixed, start the run again.')
+        return kept
 
     def log(self, msg:str):
-        if self.main:
+        if not self.main: return
+        with disk_errors(self.exp_dir, self._then):
             with open(self.exp_dir / 'train.log', 'a', encoding='utf-8') as f: f.write(msg.rstrip('\n') + '\n')
 
     def before_fit(self):
-        if self.main: self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if getattr(self, '_scaler_state', None) and getattr(self.learn, 'scaler', None) is not None:
-            self.learn.scaler.load_state_dict(self._scaler_state)  # AMP (order 10) has made a fresh scaler
+        if self.main:
+            with disk_errors(self.exp_dir, self._then): self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if self._state is not None: self._apply_state()
         procs = gather_rows(torch.tensor([[rank_distrib(), os.getpid()]]))
         self.log(f'{time.strftime("%Y-%m-%d %H:%M:%S")} fit: epochs {self.learn.first_epoch + 1}..{self.n_epoch}, '
                  f'{len(procs)} process(es): ' + ', '.join(f'rank {r} (pid {p})' for r, p in procs.tolist()))
-        self.t_epoch = time.time()
+        self.t_epoch, self.previous = time.time(), None
 
     def before_epoch(self): self.t_epoch, self.n_seen = time.time(), 0
     def after_batch(self):
         if self.training: self.n_seen += len(self.yb[0])
 
     def after_epoch(self):
+        acc = getattr(self.learn, 'grad_accum', None)
+        if acc is not None and acc.opt_steps == 0 and not getattr(self.learn.recorder, 'cancel_train', False):
+            raise sgre_error(f'epoch {self.epoch + 1} made no optimizer step (its training loader gave no batch), so nothing was',
+                             'trained; the batch size is larger than the training set. Use a smaller --batch-size.')
         rec = dict(zip(self.learn.recorder.metric_names[1:], self.learn.final_record))
         seen = gather_rows(torch.tensor([self.n_seen])).tolist()
         score = rec.get('ema_mAP') if rec.get('ema_mAP') is not None else rec.get('mAP')
@@ -138,66 +210,93 @@ class Experiment(Callback):
         row = dict(epoch=self.epoch + 1, train_loss=rec.get('train_loss'), valid_loss=rec.get('valid_loss'),
                    mAP=rec.get('mAP'), ema_mAP=rec.get('ema_mAP'), lr=self.opt.hypers[-1]['lr'],
                    seconds=round(time.time() - self.t_epoch, 2))
+        warning = self._diverged(row)
         if self.main:
-            if improved: save_atomic(self.learn.ema.state_dict(), self.ckpt_dir / 'best_ema_model.pth')
-            self._write_tables(row)
+            self._commit_epoch(row, improved)
             self.log(f"epoch {row['epoch']}/{self.n_epoch}  train_loss {row['train_loss']:.4f}  valid_loss {row['valid_loss']:.4f}  "
                      f"mAP {row['mAP']:.4f}  ema_mAP {row['ema_mAP']:.4f}  lr {row['lr']:.3g}  time {row['seconds']:.1f}s  "
                      f"samples per rank {seen}" + ('  * best, saved' if improved else ''))
-            self.save_state()
+            if warning:
+                self.log(f'warning: {warning}')
+                print(f'sgre_train: warning: {warning}', file=sys.stderr, flush=True)
+        if warning: self.warned.append(warning)
         gather_rows(torch.tensor([self.epoch]))   # a barrier: every process knows the epoch is saved (what it says if a peer is lost later)
         self.saved = self.epoch
+        if acc is not None: acc.opt_steps = 0
         if self.estop and self.wait >= self.patience:
             self.log(f'early stop: no improvement of ema_mAP for {self.wait} epochs')
             raise CancelFitException
+
+    def _diverged(self, row:dict) -> str|None:
+        "A warning when the validation scores show a run that learns nothing: constant scores, or nothing changed since the last epoch."
+        prev, self.previous = self.previous, row
+        lr = f'--lr {getattr(self.learn, "lr", 0):g}'
+        if getattr(self.learn.metrics[0], 'constant', False):
+            return (f'epoch {row["epoch"]}: the model gives every validation image the same scores (mAP {row["mAP"]:.4f} is what a '
+                    f'constant guess scores); training has diverged or collapsed, which a learning rate far too high ({lr}) does. '
+                    'Try a learning rate 10 to 100 times lower.')
+        if prev is not None and row['mAP'] == prev['mAP'] and row['valid_loss'] == prev['valid_loss']:
+            return (f'epoch {row["epoch"]}: the validation loss and mAP ({row["mAP"]:.4f}) are exactly those of epoch {prev["epoch"]}: the '
+                    f'model\'s predictions did not change, so it is not learning. Check the learning rate ({lr}) and the data.')
+        return None
 
     def after_fit(self):
         if self.best_epoch is not None:
             self.log(f'best ema_mAP {self.best:.4f} at epoch {self.best_epoch + 1}; weights in {self.ckpt_dir / "best_ema_model.pth"}')
 
-    def _write_tables(self, row:dict):
-        path = self.exp_dir / 'history.csv'
-        rows = list(csv.DictReader(open(path, encoding='utf-8'))) if path.exists() else []
-        rows = [r for r in rows if int(r['epoch']) < row['epoch']] + [{k: row[k] for k in _COLUMNS}]
-        with atomic_write(path) as tmp:
-            with open(tmp, 'w', newline='', encoding='utf-8') as f:
-                w = csv.DictWriter(f, fieldnames=_COLUMNS); w.writeheader(); w.writerows(rows)
-        _plot_curves([{k: float(v) for k, v in r.items()} for r in rows], self.exp_dir / 'curves.png')
+    def _commit_epoch(self, row:dict, improved:bool):
+        "The epoch's files, all written before any is renamed: history, curves, best weights (if better), resume state."
+        rows = [r for r in read_history(self.exp_dir) if r['epoch'] < row['epoch']] + [{k: row[k] for k in _COLUMNS}]
+        files = [(self.exp_dir / 'history.csv', partial(_history_csv, rows)),
+                 (self.exp_dir / 'curves.png', partial(_curves_png, [{k: float(v) for k, v in r.items()} for r in rows]))]
+        if improved: files.append((self.ckpt_dir / 'best_ema_model.pth', partial(_torch_save, self.learn.ema.state_dict())))
+        files.append((self.ckpt_dir / 'last.pth', partial(_torch_save, self.state())))
+        _commit(files, self.exp_dir, self._then)
 
-    def save_state(self):
-        "Everything `resume` needs, as `checkpoints/last.pth`."
+    def state(self) -> dict:
+        "Everything `resume` needs: tensors, numbers, strings and plain containers only."
         learn = self.learn
-        st = dict(epoch=self.epoch, n_epoch=self.n_epoch, model=_unwrap(learn.model).state_dict(),
+        st = dict(format='sgre-resume', version=1, epoch=self.epoch, n_epoch=self.n_epoch, model=_unwrap(learn.model).state_dict(),
                   ema=learn.ema.state_dict(), opt=learn.opt.state_dict(), best=self.best, best_epoch=self.best_epoch,
                   wait=self.wait, rng=rng_state(learn))
         if getattr(learn, 'scaler', None) is not None: st['scaler'] = learn.scaler.state_dict()
-        save_atomic(st, self.ckpt_dir / 'last.pth')
+        return st
+
+    def save_state(self):
+        "Write `state()` as `checkpoints/last.pth`."
+        with disk_errors(self.exp_dir, self._then): save_atomic(self.state(), self.ckpt_dir / 'last.pth')
 
     def load_state(self, st:dict):
-        "Restore the learner from `save_state`'s dict; the next fit starts after its epoch."
+        """Take `save_state`'s dict: the model and EMA weights now, the optimizer, scaler and random states when the fit starts —
+        after fastai has moved the model to its device, so that the optimizer's moments land beside their parameters."""
         learn = self.learn
         _unwrap(learn.model).load_state_dict(st['model'])
         learn.ema.load_state_dict(st['ema'])
-        if learn.opt is None: learn.create_opt()
-        learn.opt.load_state_dict(st['opt'])
         self.best, self.best_epoch, self.wait = st['best'], st['best_epoch'], st['wait']
         learn.first_epoch = st['epoch'] + 1
+        self.saved, self._state = st['epoch'], st
+
+    def _apply_state(self):
+        st, self._state, learn = self._state, None, self.learn
+        if learn.opt is None: learn.create_opt()
+        learn.opt.load_state_dict(st['opt'])      # its tensors take the device and dtype of the parameters now
         set_rng_state(learn, st['rng'])
-        self._scaler_state = st.get('scaler')
-        self.saved = st['epoch']
+        if st.get('scaler') and getattr(learn, 'scaler', None) is not None: learn.scaler.load_state_dict(st['scaler'])
 
 # %% ../nbs/08_experiment.ipynb #9b2f4d61
 class _TensorBoard(Callback):
-    """TensorBoard scalars in the experiment folder, written by rank 0: loss and learning rate per step, validation values
+    """TensorBoard scalars in the experiment folder, written by rank 0: loss and learning rate per optimizer step, validation values
     per epoch. The step losses stay on the device and are written in blocks of `every` steps and at each epoch's end: one
     exchange between the processes and one copy to the host per block, none per step."""
     order = 58  # after Recorder (50) has the epoch's values; before Experiment (60), which may stop the fit after an epoch
     every = 50  # steps per block
-    def __init__(self, exp_dir:str|Path): self.exp_dir, self.writer, self._pending = Path(exp_dir), None, []
+    def __init__(self, exp_dir:str|Path): self.exp_dir, self.writer, self._pending, self._group = Path(exp_dir), None, [], []
 
     def before_fit(self):
-        self.steps = len(self.dls.train)   # optimizer steps per epoch (the DistributedDL's own count under DDP)
-        self._pending = []
+        acc = getattr(self.learn, 'grad_accum', None)
+        self.accum = acc.n if acc is not None else 1
+        self.steps = optimizer_steps(len(self.dls.train), self.accum)   # optimizer steps per epoch (under DDP, the DistributedDL's count)
+        self._pending, self._group = [], []
         if rank_distrib() != 0: return
         with warnings.catch_warnings():    # some tensorboard/setuptools pairs warn at import (pkg_resources, distutils)
             warnings.simplefilter('ignore', DeprecationWarning)
@@ -207,9 +306,13 @@ class _TensorBoard(Callback):
         self.writer = SummaryWriter(str(self.exp_dir), purge_step=first or None)
 
     def after_batch(self):
+        "One point per optimizer step: the mean loss of its micro-batches (with gradient accumulation), on the device."
         if not self.training: return
-        self._pending.append((self.epoch * self.steps + self.iter, self.learn.loss.detach().float().reshape(1),
-                              self.opt.hypers[-1]['lr']))
+        self._group.append(self.learn.loss.detach().float().reshape(1))
+        if not getattr(self.learn, 'final_micro', True): return
+        loss = self._group[0] if len(self._group) == 1 else torch.cat(self._group).mean().reshape(1)
+        step = self.epoch * self.steps + getattr(self.learn, 'opt_step', self.iter)
+        self._pending.append((step, loss, self.opt.hypers[-1]['lr'])); self._group = []
         if len(self._pending) >= self.every: self._write_steps()
 
     def _write_steps(self):
@@ -235,7 +338,7 @@ class _TensorBoard(Callback):
 
     def close(self):
         "Write out and close the event file; never raises (TensorBoard's copy must not fail a run)."
-        w, self.writer, self._pending = self.writer, None, []   # an unfinished epoch's steps: a resumed run redoes them
+        w, self.writer, self._pending, self._group = self.writer, None, [], []   # an unfinished epoch's steps: a resumed run redoes them
         if w is not None:
             with contextlib.suppress(Exception): w.close()
 
@@ -247,7 +350,10 @@ SEED_DEFAULTS = dict(
     tau=1., orid_norm=False, amp=False, true_weight_decay=False, ema_epoch=0, ema_decay=0.9997, pct_start=0.2,
     batch_size=64, img_size=448, max_epochs=60, warmup_epoch=2, estop=False, topk=3, threshold=0.5,
     pretrained_model=None, pretrained=True, pretrained_file=None, num_workers=None, flip=True, augment=True,
-    output_stride=None, attn_dim=1024, exp_root='experiments', compile=False)
+    output_stride=None, attn_dim=1024, exp_root='experiments', compile=False, accum_steps=1, sync_bn=True, strict_fp32=False,
+    attn_impl='auto', unknown='ignore')
+# options that configurations written before them lack: such a run gets the value above, which is what it ran with
+_LATER_OPTIONS = ('compile', 'accum_steps', 'sync_bn', 'strict_fp32', 'attn_impl', 'unknown')
 
 DIGITS_DEFAULTS = dict(
     data='digits', arch='resnet10t', pretrained=False, img_size=64, output_stride=8, num_layers=0, attn_dim=256,
@@ -272,7 +378,19 @@ def _parser() -> argparse.ArgumentParser:
     a('--normalize-before', **flag); a('--rm-cls', **flag, help='accepted; prefix tokens are always dropped')
     a('--loss', choices=['asl', 'bce']); a('--gamma-pos', type=float); a('--gamma-neg', type=float); a('--clip', type=float)
     a('--lamda', type=float, help='weight of the semantic head loss'); a('--tau', type=float, help='attention temperature')
-    a('--orid-norm', **flag, help='no ImageNet normalisation'); a('--amp', **flag, help='mixed precision')
+    a('--orid-norm', **flag, help='no ImageNet normalisation')
+    a('--amp', nargs='?', const=True, choices=['fp16', 'bf16'], default=None, metavar='{fp16,bf16}',
+      help='mixed precision: alone, float16 with gradient scaling on a GPU (the seed\'s) and bfloat16 on a CPU; '
+           'fp16 or bf16 to choose (bf16: no scaling, Ampere GPUs and later)')
+    a('--accum-steps', type=int, metavar='N', help='micro-batches per optimizer step (gradient accumulation; --batch-size stays '
+      'the batch of one step): the paper\'s batch of 128 on fewer GPUs')
+    a('--no-sync-bn', dest='sync_bn', action='store_false', default=None,
+      help='under DDP keep BatchNorm per process (faster) instead of SyncBatchNorm (the authors\' choice)')
+    a('--strict-fp32', **flag, help='on a GPU: no TF32 in matrix products or convolutions (default: TF32 and cuDNN autotuning on)')
+    a('--attn-impl', choices=['auto', 'fused', 'blocked', 'naive'],
+      help='how the attention scores are computed: auto (per class on a CPU, class blocks on a GPU), or one of them')
+    a('--unknown', choices=['ignore', 'negative'], help='labels a three-field list leaves unknown: no loss (ignore, default) or '
+      'counted as negatives')
     a('--ema-epoch', type=int, help='accepted, unused (as in the seed)'); a('--ema-decay', type=float)
     a('--pct-start', type=float); a('--batch-size', type=int, help='global batch size, split over processes')
     a('--img-size', type=int); a('--max-epochs', type=int); a('--warmup-epoch', type=int, help='accepted, unused (as in the seed)')
@@ -295,23 +413,56 @@ def parse_config(argv:list) -> tuple: # (config dict, resume folder or None)
     given = {k: v for k, v in args.items() if v is not None}
     cfg = {**SEED_DEFAULTS, **(DIGITS_DEFAULTS if given.get('data', 'digits') == 'digits' else {}), **given}
     if cfg['data_dir'] is None: cfg['data_dir'] = str(Path('data') / cfg['data'])
-    if cfg['num_workers'] is None: cfg['num_workers'] = min(4, os.cpu_count() or 1)
+    if cfg['num_workers'] is None: cfg['num_workers'] = default_workers()
     _check_options(cfg)
     return cfg, resume
 
 _AT_LEAST = dict(batch_size=1, img_size=1, max_epochs=1, num_heads=1, attn_dim=1, step_size=1, topk=1, num_layers=0,
-                 num_workers=0, clip=0, gamma_pos=0, gamma_neg=0, lamda=0, weight_decay=0)
+                 num_workers=0, clip=0, gamma_pos=0, gamma_neg=0, lamda=0, weight_decay=0, accum_steps=1)
 _POSITIVE = ('lr', 'tau')     # > 0
 _OPEN_UNIT = ('ema_decay', 'pct_start')   # inside (0, 1)
 
 def _check_options(cfg:dict):
     "Refuse option values that cannot work, naming the flag."
     flag = lambda k: '--' + k.replace('_', '-')
-    for k, least in _AT_LEAST.items(): check_at_least(flag(k), cfg.get(k), least)
+    for k, least in _AT_LEAST.items():
+        v = cfg.get(k)
+        if isinstance(v, float) and not math.isfinite(v): raise sgre_error(f'{flag(k)} {v} is out of range; it must be a finite number.')
+        check_at_least(flag(k), v, least)
     for k in _POSITIVE:
-        if cfg.get(k) is not None and not cfg[k] > 0: raise sgre_error(f'{flag(k)} {cfg[k]} is out of range; it must be above 0.')
+        if cfg.get(k) is not None and not (cfg[k] > 0 and math.isfinite(cfg[k])):
+            raise sgre_error(f'{flag(k)} {cfg[k]} is out of range; it must be a finite number above 0.')
     for k in _OPEN_UNIT: check_between(flag(k), cfg.get(k), 0, 1, open_low=True)
     check_between('--threshold', cfg.get('threshold'), 0, 1)
+
+_RUN_KEYS = ('num_classes', 'labels', 'world_size')   # what `train` adds to config.yaml besides the options
+
+def _option_ok(k:str, v) -> bool:
+    "Is `v` of the type option `k` takes?"
+    d = SEED_DEFAULTS[k]
+    if k == 'amp': return v in (True, False, 'auto', 'fp16', 'bf16')
+    if k in ('data', 'data_dir'): return isinstance(v, str)
+    if k in ('pretrained_model', 'pretrained_file'): return v is None or isinstance(v, str)
+    if k in ('num_workers', 'output_stride'): return v is None or (isinstance(v, int) and not isinstance(v, bool))
+    if isinstance(d, bool): return isinstance(v, bool)
+    if isinstance(d, int): return isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(d, float): return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, type(d))
+
+def check_config(cfg:dict, # the mapping read from a run's config.yaml
+                 path:str|Path='config.yaml', # the file, for messages
+                ) -> dict: # the run's options (without what `train` adds), options added since it was written filled in
+    "Check a run's stored options before any work: every option present, of its type and in range."
+    cfg = {k: v for k, v in cfg.items() if k not in _RUN_KEYS}
+    fix = 'restore the file from a copy (every option of the run is needed to continue or evaluate it), or start a new run.'
+    missing = [k for k in SEED_DEFAULTS if k not in cfg and k not in _LATER_OPTIONS]
+    if missing: raise sgre_error(f"{path} lacks the option{'s' if len(missing) > 1 else ''} {', '.join(missing[:8])}; the file is damaged:", fix)
+    cfg = {**{k: SEED_DEFAULTS[k] for k in _LATER_OPTIONS}, **cfg}
+    bad = [k for k in SEED_DEFAULTS if not _option_ok(k, cfg[k])]
+    if bad: raise sgre_error(f"{path}: the option {bad[0]} is {cfg[bad[0]]!r}, which is not a value it takes; the file is damaged:", fix)
+    try: _check_options(cfg)
+    except SGREError as e: raise sgre_error(f'{path}: {e} The file is damaged:', fix) from None
+    return cfg
 
 # %% ../nbs/08_experiment.ipynb #0d413f07
 def _data_checked(cfg:dict):
@@ -340,27 +491,43 @@ def model_options(cfg:dict, # a run's configuration
 def build_learner(cfg:dict, # a run's configuration (see `parse_config`)
                   device=None, # where to train (default: the process's accelerator or the CPU)
                  ) -> SGRELearner:
-    "Data, model and learner for a configuration, every option checked first."
+    "Data, model and learner for a configuration, every option checked first; the model is on `device` when it returns."
     if cfg['model'] != 'mlic': raise sgre_error(f"unknown model {cfg['model']!r}; SGRE is `--model mlic`.")
-    world = max(num_distrib(), 1)
-    if cfg['batch_size'] % world:
-        raise sgre_error(f"the batch size {cfg['batch_size']} does not split evenly over {world} processes;",
-                         f"use a multiple of {world}, e.g. --batch-size {cfg['batch_size'] // world * world or world}.")
+    world, accum = max(num_distrib(), 1), cfg.get('accum_steps', 1)
+    if cfg['batch_size'] % (world * accum):
+        per = f'{world} processes' + (f' x {accum} accumulation steps' if accum > 1 else '')
+        raise sgre_error(f"the batch size {cfg['batch_size']} does not split evenly over {per};",
+                         f"use a multiple of {world * accum}, e.g. --batch-size {cfg['batch_size'] // (world * accum) * world * accum or world * accum}.")
     data_dir = _data_checked(cfg)
+    check_files(read_prepared(data_dir))
     emb = _embeddings(cfg)
-    dls = sgre_dls(data_dir, img_size=cfg['img_size'], bs=cfg['batch_size'] // world, num_workers=cfg['num_workers'],
-                   flip=cfg['flip'], augment=cfg.get('augment', True), orid_norm=cfg['orid_norm'], seed=cfg['seed'],
-                   device=device or default_device())
+    device = device or default_device()
+    micro = cfg['batch_size'] // (world * accum)
+    dls = sgre_dls(data_dir, img_size=cfg['img_size'], bs=micro, num_workers=cfg['num_workers'],
+                   flip=cfg['flip'], augment=cfg.get('augment', True), orid_norm=cfg['orid_norm'], seed=cfg['seed'], device=device)
+    _check_batches(cfg, len(dls.train_ds), world, accum)
     if emb is not None and len(emb) != dls.c:
         raise sgre_error(f"{data_dir}/{cfg['embed_type']}.npy has {len(emb)} rows but label.txt has {dls.c} labels;",
                          f"recreate it: `sgre_embed --data {data_dir} --kind {cfg['embed_type']}`.")
+    gpu_precision(device, cfg.get('strict_fp32', False))
     learn = sgre_learner(
         dls, cfg['arch'], emb, lr=cfg['lr'], wd=cfg['weight_decay'], true_wd=cfg['true_weight_decay'],
         optimizer=cfg['optimizer'], loss=cfg['loss'], lamda=cfg['lamda'], gamma_neg=cfg['gamma_neg'],
-        gamma_pos=cfg['gamma_pos'], clip=cfg['clip'], ema_decay=cfg['ema_decay'], amp=cfg['amp'],
-        compile=cfg.get('compile', False), **model_options(cfg))
+        gamma_pos=cfg['gamma_pos'], clip=cfg['clip'], ema_decay=cfg['ema_decay'], amp=cfg['amp'], accum_steps=accum,
+        unknown=cfg.get('unknown', 'ignore'), compile=cfg.get('compile', False), attn_impl=cfg.get('attn_impl', 'auto'),
+        **model_options(cfg))
     if cfg.get('pretrained_model'): _init_from(learn.model, cfg['pretrained_model'])
     return learn
+
+def _check_batches(cfg:dict, n_train:int, world:int, accum:int):
+    "Refuse a batch too large for the training set: each process's loader (which drops a last incomplete batch) would give none."
+    micro = cfg['batch_size'] // (world * accum)
+    per_process = -(-n_train // world)
+    if per_process < micro:
+        raise sgre_error(f"--batch-size {cfg['batch_size']} is larger than the training set allows: {n_train} training images"
+                         + (f', {per_process} per process ({world} processes)' if world > 1 else '')
+                         + (f', in micro-batches of {micro} (--accum-steps {accum})' if accum > 1 else '')
+                         + '; an epoch would make no optimizer step.', f'Use --batch-size {per_process * world * accum} or less.')
 
 def _init_from(model:SGRE, path):
     "The seed's `--pretrained-model`: every weight of an SGRE checkpoint except the classifier `fc`."
@@ -371,15 +538,6 @@ def _init_from(model:SGRE, path):
     model.load_state_dict(sd, strict=False)
 
 # %% ../nbs/08_experiment.ipynb #2e8efaed
-def _main_first(fn):
-    "Run `fn` on rank 0 first, then on the other ranks (which then find its result on disk)."
-    if not _distributed(): return fn()
-    if rank_distrib() == 0: res = fn()
-    dist.barrier()
-    if rank_distrib() != 0: res = fn()
-    dist.barrier()
-    return res
-
 def _prepare_demo(cfg:dict):
     d = Path(cfg['data_dir'])
     if not (d / 'label.txt').is_file():
@@ -388,79 +546,6 @@ def _prepare_demo(cfg:dict):
     if cfg['embed_type'] != 'random' and not (d / f"{cfg['embed_type']}.npy").is_file():
         print(f"computing {cfg['embed_type']} label embeddings ...", flush=True)
         write_embeddings(d, cfg['embed_type'])
-
-_DIST_TIMEOUT = 300   # seconds a process waits for an answer from another one (SGRE_DIST_TIMEOUT to change)
-
-def _dist_timeout() -> float:
-    v = os.environ.get('SGRE_DIST_TIMEOUT', str(_DIST_TIMEOUT))
-    try: t = float(v)
-    except ValueError: t = -1.
-    if not 0 < t < math.inf: raise sgre_error(f'SGRE_DIST_TIMEOUT={v} is not a number of seconds above 0; unset it or set it to e.g. 300.')
-    return t
-
-def _init_distributed(cfg:dict|None=None):
-    "Join the process group when launched with several processes (accelerate launch, torchrun)."
-    if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or _distributed(): return
-    from accelerate import PartialState
-    try:
-        with warnings.catch_warnings():   # on a CPU, accelerate sets each process's threads itself when OMP_NUM_THREADS is unset, and warns in each
-            warnings.filterwarnings('ignore', message='OMP_NUM_THREADS/MKL_NUM_THREADS unset')
-            PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=_dist_timeout()))
-    except Exception as e:
-        if not _comm_failure(e): raise
-        raise sgre_error(f"the {os.environ['WORLD_SIZE']} processes of this run could not connect ({str(e).strip().splitlines()[0][:200]});",
-                         'start the same launch command on every machine, with the same master address and port, and check that',
-                         'every machine can reach that address.') from e
-    _defer_sigterm()
-    _watch_launcher()
-
-class _Terminated(KeyboardInterrupt):
-    "SIGTERM in a distributed run: from the launcher, once another process of the machine has failed, or from the system."
-
-_SIGTERM = dict(seen=False, pid=None)
-
-def _defer_sigterm():
-    "SIGTERM stops training at the next batch instead of killing at once, so an error being handled is handled to the end."
-    if threading.current_thread() is not threading.main_thread(): return
-    _SIGTERM['pid'] = os.getpid()
-    def on_sigterm(signum, frame):
-        if os.getpid() != _SIGTERM['pid']:   # a forked data-loading process: SIGTERM's usual effect
-            signal.signal(signal.SIGTERM, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGTERM); return
-        _SIGTERM['seen'] = True
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-_LAUNCHER_POLL, _LAUNCHER_GRACE = 1., 30.   # seconds between looks at the launcher; seconds to stop cleanly once it is gone
-
-def _watch_launcher(ppid:int|None=None, # the launcher's pid (default: this process's parent now)
-                    poll:float=_LAUNCHER_POLL, grace:float=_LAUNCHER_GRACE,
-                    exit=os._exit, # how the process ends after `grace` (a test passes its own)
-                   ) -> threading.Thread|None:
-    """Stop this process of a distributed run once its launcher is gone: at the next batch, as on SIGTERM, and after
-    `grace` seconds at the latest. A machine's launcher dies with the machine; its workers, in sessions of their own,
-    would otherwise train on, and the other machines wait for them."""
-    ppid = os.getppid() if ppid is None else ppid
-    if ppid <= 1 or _SIGTERM.get('watched') == ppid: return None   # no launcher to watch (or already watched)
-    _SIGTERM['watched'] = ppid
-    def watch():
-        while os.getppid() == ppid: time.sleep(poll)
-        _SIGTERM.update(seen=True, launcher=ppid)
-        time.sleep(grace)                              # `_StopOnSigterm` stops the fit first, unless the process hangs
-        try: print(f'sgre_train: error: {_launcher_gone(ppid)}; it did not stop within {grace:g} s, so it ends now.',
-                   file=sys.stderr, flush=True)
-        except Exception: pass                         # its output may have gone with the launcher
-        exit(2)
-    t = threading.Thread(target=watch, daemon=True, name='sgre-launcher-watch')
-    t.start()
-    return t
-
-def _launcher_gone(ppid:int) -> str:
-    return (f'the launcher of this process (pid {ppid}: torchrun or accelerate launch) is gone (killed, or its machine is '
-            'failing), so this process stopped too')
-
-class _StopOnSigterm(Callback):
-    "Stop the fit at the next batch once SIGTERM has come (see `_defer_sigterm`)."
-    def before_batch(self):
-        if _SIGTERM['seen']: raise _Terminated('SIGTERM')
 
 def _check_exp_root(cfg:dict):
     "Fail now, not after building the learner, if the experiment folder cannot be created."
@@ -487,118 +572,125 @@ def _undo_run(exp:Path, existed:Path, old=_KEEP):
     f = exp.parent / 'checkpoint.txt'
     if old is None: f.unlink(missing_ok=True)
     elif old is not _KEEP:
-        with atomic_write(f) as tmp: tmp.write_bytes(old)
+        with contextlib.suppress(OSError), atomic_write(f) as tmp: tmp.write_bytes(old)
     p = exp.parent
     while p != existed and p != p.parent and p.is_dir() and not any(p.iterdir()): p.rmdir(); p = p.parent
 
 def _fit(learn:SGRELearner, cfg:dict):
     ddp = _distributed()
-    ctx = learn.distrib_ctx(sync_bn=torch.cuda.is_available(), cpu=not torch.cuda.is_available()) if ddp else contextlib.nullcontext()
-    with ctx: fit_recipe(learn, cfg['max_epochs'], lr=cfg['lr'], lr_scheduler=cfg['lr_scheduler'],
-                         pct_start=cfg['pct_start'], step_size=cfg['step_size'], cbs=_StopOnSigterm() if ddp else None)
+    with ddp_context(learn, sync_bn=cfg.get('sync_bn', True) and torch.cuda.is_available()):
+        fit_recipe(learn, cfg['max_epochs'], lr=cfg['lr'], lr_scheduler=cfg['lr_scheduler'],
+                   pct_start=cfg['pct_start'], step_size=cfg['step_size'], cbs=StopOnSigterm() if ddp else None)
+
+def _lock(exp:Path) -> RunLock|None:
+    "Rank 0 takes the folder's lock; every process learns whether it could (and raises the same message if not)."
+    lock, msg = None, None
+    if rank_distrib() == 0:
+        try: lock = RunLock(exp).acquire()
+        except SGREError as e: msg = str(e)
+    msg = share(msg)
+    if msg: raise SGREError(msg)
+    return lock
 
 def train(cfg:dict, # the run's configuration (`parse_config`)
           command:str|None=None, # the command line, recorded in checkpoint.txt
           cbs=None, # more callbacks
          ) -> Path: # the experiment folder
     "Train a configuration to the end, writing its experiment folder."
-    _init_distributed(cfg)
-    exp = undo = cb = tb = None
+    init_process()
+    exp = undo = cb = tb = lock = None
     try:
         seed_everything(cfg['seed'])
         existed = _check_exp_root(cfg) if rank_distrib() == 0 else None
-        if cfg['data'] == 'digits' and cfg['data_dir'] == str(Path('data') / 'digits'): _main_first(lambda: _prepare_demo(cfg))
-        learn = build_learner(cfg, device=_device())
+        if cfg['data'] == 'digits' and cfg['data_dir'] == str(Path('data') / 'digits'): main_first(lambda: _prepare_demo(cfg))
+        learn = build_learner(cfg, device=process_device())
         if rank_distrib() == 0:
             exp = new_experiment(cfg['exp_root'], cfg['model'], cfg['data'])
             undo = partial(_undo_run, exp, existed)
-            write_config(dict(cfg, num_classes=learn.dls.c, labels=list(learn.dls.vocab), world_size=max(num_distrib(), 1)),
-                         exp / 'config.yaml')
-            undo = partial(_undo_run, exp, existed, _record_run(exp, command))
-        exp = _share(exp)
+            with disk_errors(exp.parent, 'Free space or fix the permissions, then start the run again.'):
+                write_config(dict(cfg, num_classes=learn.dls.c, labels=list(learn.dls.vocab), world_size=max(num_distrib(), 1)),
+                             exp / 'config.yaml')
+                undo = partial(_undo_run, exp, existed, _record_run(exp, command))
+        exp = share(exp)
+        lock = _lock(exp)
         cb, tb = Experiment(exp, estop=cfg['estop']), _TensorBoard(exp)
         learn.add_cbs([cb, tb] + L(cbs))
         _fit(learn, cfg)
     except BaseException as e:
         if tb is not None: tb.close()   # before the folder may be removed
         if undo is not None and not (exp / 'checkpoints' / 'last.pth').exists(): undo()
-        _stopped(e, exp, cb)
+        explain_stop(e, exp, cb is not None and cb.saved is not None or exp is not None and (exp / 'checkpoints' / 'last.pth').exists())
         raise
+    finally:
+        if lock is not None: lock.release()
     return exp
 
-def _stopped(e:BaseException, exp:Path|None, cb:Experiment|None):
-    "Raise what the user should read instead of `e`, where it helps: what was saved, how to continue."
-    kept = exp is not None and ((cb is not None and cb.saved is not None) or (exp / 'checkpoints' / 'last.pth').exists())
-    if isinstance(e, _Terminated) or (_comm_failure(e) and not isinstance(e, SGREPeerLost)):
-        raise _peer_lost(e, exp if kept else None) from e
-    if isinstance(e, KeyboardInterrupt) and not isinstance(e, SGREInterrupted) and kept:
-        raise SGREInterrupted(f'the state after the last finished epoch is saved in {exp}; continue with '
-                              f'`sgre_train --resume {exp}`.') from None
+def _read_resume_state(path:Path) -> dict:
+    "`checkpoints/last.pth`, loaded without running code: tensors, numbers, strings and containers (and NumPy arrays of old states)."
+    import pickle
+    def refuse(why):
+        return sgre_error(f'{path} is not a resume state sgre wrote ({why}); it was not loaded, because loading it would run code',
+                          'from the file. sgre writes only tensors, numbers and strings there. Start the run again, or resume a copy',
+                          'of the folder from a source you trust.')
+    try:
+        try: st = torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError:
+            found = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            numpy_ok = _numpy_globals()
+            if not found or not found <= set(numpy_ok): raise refuse(f"it holds Python objects: {', '.join(sorted(found)[:5]) or 'unknown ones'}")
+            with torch.serialization.safe_globals(list(numpy_ok.values())):   # resume states of sgre <= 0.1 held NumPy arrays
+                st = torch.load(path, map_location='cpu', weights_only=True)
+    except SGREError: raise
+    except Exception as e:
+        raise sgre_error(f'{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:100]}); the saved state is',
+                         'damaged, so this run cannot be resumed: start it again.') from None
+    need = {'epoch': int, 'model': dict, 'ema': dict, 'opt': dict, 'best': (int, float), 'wait': int, 'rng': dict}
+    bad = [k for k, t in need.items() if not isinstance(st, dict) or not isinstance(st.get(k), t)] if isinstance(st, dict) else ['(not a dict)']
+    if bad: raise refuse(f"it lacks {', '.join(bad)}")
+    return st
 
-def _peer_lost(e:BaseException, exp:Path|None) -> SGREPeerLost:
-    "The message of a process stopped by another one: what was kept, and the command that continues."
-    if isinstance(e, _Terminated) and _SIGTERM.get('launcher'): lost = _launcher_gone(_SIGTERM['launcher'])
-    elif isinstance(e, _Terminated):
-        lost = ('this process of a distributed run was stopped by SIGTERM (from its launcher, once another process had failed, '
-                'or from the system)')
-    elif re.search('timed? ?out', str(e), re.I):
-        lost = (f'another process of this distributed run did not answer for {_dist_timeout():g} s (it hangs, or its machine '
-                'or network failed)')
-    else: lost = ('another process of this distributed run was lost (its connection closed: it was killed, ran out of memory, '
-                  'or its machine failed)')
-    if exp is None:
-        msg = sgre_error(f'{lost} before the first epoch was saved, so nothing was kept: start the run again, with the same',
-                         'launch command on every machine.')
-    else:
-        msg = sgre_error(f'{lost}; the state after the last finished epoch is saved in {exp}. Resume it with `sgre_train --resume',
-                         f'{exp}` on every machine, launched as before (`accelerate launch ... -m sgre.train --resume {exp}`, or the',
-                         'same with `torchrun`).')
-    return SGREPeerLost(str(msg))
+def _numpy_globals() -> dict:
+    "The NumPy names an array in a pickle needs (and nothing else): name as a pickle writes it -> the object."
+    import numpy.core.multiarray as ma
+    out = {'numpy.core.multiarray._reconstruct': ma._reconstruct, 'numpy.ndarray': np.ndarray, 'numpy.dtype': np.dtype}
+    for t in (np.uint32, np.int64, np.float64):
+        d = type(np.dtype(t)); out[f'{d.__module__}.{d.__name__}'] = d
+    with contextlib.suppress(ImportError):
+        import numpy._core.multiarray as ma2; out['numpy._core.multiarray._reconstruct'] = ma2._reconstruct
+    return out
 
 def resume(exp_dir:str|Path, # the folder of the interrupted run
            cbs=None, # more callbacks
           ) -> Path:
     "Continue an interrupted run from its last completed epoch, to the same end."
     exp_dir = Path(exp_dir)
-    _init_distributed()
-    cb = tb = None
+    init_process()
+    cb = tb = lock = None
     try:
-        cfg = read_config(exp_dir)
+        cfg = check_config(read_config(exp_dir), exp_dir / 'config.yaml')
+        lock = _lock(exp_dir)   # first: a run still in its first epoch has no last.pth yet, and is not to be restarted
         last = exp_dir / 'checkpoints' / 'last.pth'
         if not last.is_file():
             raise sgre_error(f'{exp_dir} has no checkpoints/last.pth: the run stopped before finishing its first epoch;',
                              'start it again instead.')
-        try: st = torch.load(last, map_location='cpu', weights_only=False)
-        except Exception as e:
-            raise sgre_error(f'{last} is not a readable checkpoint ({type(e).__name__}: {str(e)[:100]}); the saved state is',
-                             'damaged, so this run cannot be resumed: start it again.') from None
-        cfg = {k: v for k, v in cfg.items() if k not in ('num_classes', 'labels', 'world_size')}
-        learn = build_learner(cfg, device=_device())
+        st = _read_resume_state(last)
+        read_history(exp_dir)
+        if st['epoch'] + 1 >= cfg['max_epochs'] or (cfg['estop'] and st['wait'] >= 3):
+            if rank_distrib() == 0: print(f'{exp_dir} had already finished; nothing to resume.')
+            return exp_dir
+        learn = build_learner(cfg, device=process_device())
         cb, tb = Experiment(exp_dir, estop=cfg['estop']), _TensorBoard(exp_dir)
         learn.add_cbs([cb, tb] + L(cbs))
         cb.load_state(st)
-        if learn.first_epoch >= cfg['max_epochs'] or (cfg['estop'] and cb.wait >= cb.patience):
-            if rank_distrib() == 0: print(f'{exp_dir} had already finished; nothing to resume.')
-            return exp_dir
         cb.log(f'resumed after epoch {learn.first_epoch}')
         _fit(learn, cfg)
     except BaseException as e:
         if tb is not None: tb.close()
-        _stopped(e, exp_dir, cb)
+        explain_stop(e, exp_dir, True)
         raise
+    finally:
+        if lock is not None: lock.release()
     return exp_dir
-
-def _device():
-    if _distributed():
-        from accelerate import PartialState
-        return PartialState().device
-    return default_device()
-
-def _share(obj):
-    "Rank 0's `obj` on every rank."
-    if not _distributed(): return obj
-    box = [obj]; dist.broadcast_object_list(box, 0)
-    return box[0]
 
 # %% ../nbs/08_experiment.ipynb #ddfc9442
 def run_config(exp_dir:str|Path, # an experiment folder
@@ -610,6 +702,7 @@ def run_config(exp_dir:str|Path, # an experiment folder
     if 'train_path' in cfg:   # written by the paper's train.py
         cfg = {k: (None if v == 'None' else v) for k, v in cfg.items()}
         cfg.setdefault('data_dir', str(Path(cfg['train_path']).parent))
+    else: cfg = {**check_config(cfg, Path(exp_dir) / 'config.yaml'), **{k: cfg[k] for k in _RUN_KEYS if k in cfg}}
     cfg = {**SEED_DEFAULTS, **cfg}
     if cfg.get('data_dir') is None: cfg['data_dir'] = str(Path('data') / str(cfg['data']))
     d = Path(cfg['data_dir'])
@@ -663,17 +756,22 @@ def load_run(exp_dir:str|Path, # an experiment folder (config.yaml, checkpoints/
 
 # %% ../nbs/08_experiment.ipynb #94b84cba
 def _summary(exp:Path):
-    cb_rows = list(csv.DictReader(open(exp / 'history.csv', encoding='utf-8'))) if (exp / 'history.csv').exists() else []
-    if not cb_rows: return f'no epoch finished; see {exp}/train.log'
-    best = max(cb_rows, key=lambda r: float(r['ema_mAP']))
-    return (f"best test mAP (EMA weights) {float(best['ema_mAP']):.4f} at epoch {best['epoch']} "
-            f"(live model {float(best['mAP']):.4f}); experiment folder: {exp}")
+    rows = read_history(exp)
+    if not rows: return f'no epoch finished; see {exp}/train.log'
+    best = max(rows, key=lambda r: r['ema_mAP'])
+    log = exp / 'train.log'
+    warned = sum(l.startswith('warning: ') for l in log.read_text(encoding='utf-8').splitlines()) if log.exists() else 0
+    return (f"best test mAP (EMA weights) {best['ema_mAP']:.4f} at epoch {best['epoch']} "
+            f"(live model {best['mAP']:.4f}); experiment folder: {exp}" +
+            (f"\nwarning: this run did not learn as it should ({warned} warning{'s' if warned > 1 else ''} in {log}): check the"
+             " learning rate and the data before using its model." if warned else ''))
 
 def _main(argv):
-    _init_distributed()   # first: every error of every process is then reported by `run_cli`'s rule, once
+    init_process()   # first: every error of every process is then reported by `run_cli`'s rule, once
     cfg, res = parse_config(argv)
     exp = resume(res) if res else train(cfg, command=' '.join(['sgre_train'] + list(argv)))
     if rank_distrib() == 0: print(_summary(Path(exp)))
+    end_process()    # every process leaves together, its process group closed
 
 def sgre_train_cli():
     "Console script `sgre_train`."

@@ -26,22 +26,39 @@ def _check_pair(logits:Tensor, targets:Tensor, what:str='logits'):
                          f'got {tuple(logits.shape)} and {tuple(targets.shape)}.',
                          'Check that the model was built with as many classes as label.txt has lines.')
 
+_UNKNOWN = ('ignore', 'negative')
+def _check_unknown(unknown) -> str:
+    if unknown not in _UNKNOWN:
+        raise sgre_error(f'unknown={unknown!r} is not an option for the cells of unknown label (targets of -1);',
+                         "use 'ignore' (they count nothing in the loss) or 'negative' (they count as negatives).")
+    return unknown
+
+_ONE = {dt: torch.ones((), dtype=dt) for dt in (torch.float32, torch.float64)}   # CPU scalars: kernel arguments on any device
+def _known(y:Tensor, unknown:str) -> tuple:
+    "Float targets with the unknown cells (below 0) set to 0, and the known-cell mask as 0/1 of their dtype (None for 'negative')."
+    if unknown != 'ignore': return y.clamp(min=0), None
+    one = _ONE[y.dtype] if y.dtype in _ONE else y.new_ones(())
+    return y.clamp(min=0), torch.heaviside(y, one)                     # 0 below 0, else 1: one kernel, no host sync
+
 class AsymmetricLoss(nn.Module):
-    "Asymmetric loss for multi-label classification, scaled by 1000/(B·C) as the SGRE recipes use it."
+    "Asymmetric loss for multi-label classification, scaled by 1000/(B·C) as the SGRE recipes use it; -1 targets are unknown."
     def __init__(self,
                  gamma_neg:float=2., # γ₋, focusing exponent of negatives
                  gamma_pos:float=0., # γ₊, focusing exponent of positives
                  clip:float=0., # m, probability margin added to negatives
                  eps:float=1e-5, # ε, floor of the probabilities inside the logarithms
+                 unknown:str='ignore', # cells with target -1: 'ignore' (no loss, no gradient) or 'negative' (read as 0)
                 ):
         super().__init__()
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+        self.unknown = _check_unknown(unknown)
 
     def forward(self, logits:Tensor, # (B, C) raw scores
-                targets:Tensor, # (B, C) in [0, 1]
+                targets:Tensor, # (B, C) in [0, 1], or -1 where the label is unknown
                ) -> Tensor: # scalar
         _check_pair(logits, targets)
-        z = _f32(logits); y = targets.to(z.dtype)
+        z = _f32(logits)
+        y, known = _known(targets.to(z.dtype), self.unknown)
         log_eps = math.log(self.eps)
         log_p = F.logsigmoid(z).clamp(min=log_eps)
         if self.clip > 0:
@@ -55,37 +72,62 @@ class AsymmetricLoss(nn.Module):
                 p = torch.sigmoid(z)
                 p_neg = 1 - p if p_neg is None else p_neg
                 w = torch.pow(1 - p * y - p_neg * (1 - y), self.gamma_pos * y + self.gamma_neg * (1 - y))
+                if known is not None: w = w * known                    # w·1 = w exactly; folded into w: no extra backward op
             loss = loss * w
+        elif known is not None: loss = loss * known
         return -loss.sum() / z.shape[0] / z.shape[1] * 1000
 
-    def extra_repr(self): return f'gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}'
+    def extra_repr(self): return (f'gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, '
+                                  f'unknown={self.unknown!r}')
 
 # %% ../nbs/04_loss.ipynb #15fa12d4
 class BCELoss(nn.BCEWithLogitsLoss):
-    "`BCEWithLogitsLoss` (mean) with the same shape check as `AsymmetricLoss`."
-    def forward(self, logits:Tensor, targets:Tensor) -> Tensor:
+    "`BCEWithLogitsLoss` (mean over all B·C cells) with the shape check of `AsymmetricLoss`; -1 targets are unknown."
+    def __init__(self, unknown:str='ignore', # cells with target -1: 'ignore' (no loss, no gradient) or 'negative' (read as 0)
+                 **kwargs): # `BCEWithLogitsLoss`'s own options (`weight`, `pos_weight`, `reduction`)
+        super().__init__(**kwargs)
+        self.unknown = _check_unknown(unknown)
+
+    def forward(self, logits:Tensor, # (B, C) raw scores
+                targets:Tensor, # (B, C) in [0, 1], or -1 where the label is unknown
+               ) -> Tensor: # scalar (with the default reduction 'mean')
         _check_pair(logits, targets)
         z = _f32(logits)
-        return super().forward(z, targets.to(z.dtype))
+        y, known = _known(targets.to(z.dtype), self.unknown)
+        if known is None: return super().forward(z, y)
+        weight = known if self.weight is None else self.weight * known   # as a weight: PyTorch's own reduction and backward
+        return F.binary_cross_entropy_with_logits(z, y, weight, pos_weight=self.pos_weight, reduction=self.reduction)
 
 def make_loss(name:str='asl', # 'asl' or 'bce'
               gamma_neg:float=2., gamma_pos:float=0., clip:float=0., # ASL options
+              unknown:str='ignore', # cells with target -1: 'ignore' or 'negative'
              ) -> nn.Module:
     "The base loss the seed's `--loss` selects."
-    if name == 'asl': return AsymmetricLoss(gamma_neg, gamma_pos, clip)
-    if name == 'bce': return BCELoss()
+    if name == 'asl': return AsymmetricLoss(gamma_neg, gamma_pos, clip, unknown=unknown)
+    if name == 'bce': return BCELoss(unknown)
     raise sgre_error(f"unknown loss {name!r}; use 'asl' (asymmetric loss) or 'bce' (binary cross-entropy).")
 
 # %% ../nbs/04_loss.ipynb #35668441
 class SGRELoss(nn.Module):
     "base(logits) + λ·base(sem_logits), on an `SGREOutput`."
-    def __init__(self, base_loss:nn.Module|None=None, # loss of (logits, targets); default `AsymmetricLoss()`
+    def __init__(self, base_loss:nn.Module|None=None, # loss of (logits, targets); default `AsymmetricLoss(unknown=unknown)`
                  lamda:float=1., # λ, weight of the semantic head
                  thresh:float=0.5, # probability above which `decodes` predicts a label
+                 unknown:str|None=None, # cells with target -1: 'ignore' or 'negative'; None: the base loss's own (default 'ignore')
                 ):
         super().__init__()
-        self.base_loss = AsymmetricLoss() if base_loss is None else base_loss
+        if unknown is not None: _check_unknown(unknown)
+        if base_loss is None: base_loss = AsymmetricLoss(unknown=unknown or 'ignore')
+        elif unknown is not None and getattr(base_loss, 'unknown', None) != unknown:
+            raise sgre_error(f'SGRELoss(unknown={unknown!r}) does not match its base loss,',
+                             f"{type(base_loss).__name__} with unknown={getattr(base_loss, 'unknown', None)!r}: both heads use",
+                             f'the base loss, so build it with unknown={unknown!r} (make_loss(..., unknown={unknown!r})),',
+                             'or leave out SGRELoss\'s unknown.')
+        self.base_loss = base_loss
         self.lamda, self.thresh = lamda, thresh
+
+    @property
+    def unknown(self) -> str|None: return getattr(self.base_loss, 'unknown', None)
 
     def forward(self, output:SGREOutput, targets:Tensor) -> Tensor:
         if not isinstance(output, tuple) or len(output) != 3:

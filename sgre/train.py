@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['gather_rows', 'broadcast_state', 'valid_targets', 'gather_valid', 'valid_map', 'MeanAP', 'predict_dl', 'EMA',
-           'wd_groups', 'sgre_opt', 'AMP', 'SGRELearner', 'PlainProgress', 'sgre_learner', 'one_cycle', 'OneCycle',
-           'fit_recipe']
+           'wd_groups', 'sgre_opt', 'AMP', 'optimizer_steps', 'GradAccum', 'FiniteLoss', 'gpu_precision', 'SGRELearner',
+           'PlainProgress', 'sgre_learner', 'one_cycle', 'OneCycle', 'fit_recipe']
 
 # %% ../nbs/06_train.ipynb #992c15c6
 import contextlib, math, sys, time, warnings
@@ -25,7 +25,7 @@ with warnings.catch_warnings():  # fastai 2.8.7 warns at import about torch.jit.
     from fastai.callback.schedule import ParamScheduler
     from fastai.callback.tracker import ReduceLROnPlateau
     from fastai.distributed import DistributedDL
-    from fastai.learner import CancelEpochException, Learner, Metric
+    from fastai.learner import AvgSmoothLoss, CancelBatchException, CancelEpochException, CancelStepException, Learner, Metric
     from fastai.optimizer import OptimWrapper
     from fastai.torch_core import rank_distrib
 from fastcore.basics import noop, patch
@@ -34,9 +34,9 @@ from fastcore.imports import IN_NOTEBOOK
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
-from .core import sgre_error
+from .core import SGREError, sgre_error
 from .loss import SGRELoss, make_loss
-from .metrics import mean_ap
+from .metrics import PartialLabels, mean_ap
 from .model import SGRE, SGREOutput
 
 # %% ../nbs/06_train.ipynb #b982f390
@@ -77,48 +77,73 @@ def broadcast_state(model:nn.Module, src:int=0):
 
 # %% ../nbs/06_train.ipynb #54975e85
 def valid_targets(dls) -> torch.Tensor:
-    "The validation targets (n, C) as uint8, in dataset order, from the items' label lists (no image is loaded)."
+    """The validation targets (n, C) as int8 in dataset order, from the items' label lists (no image is loaded): 1 for a
+    positive, 0 for a negative, -1 for an unknown cell (a three-field test list's labels that are neither)."""
     if getattr(dls, '_valid_targets', None) is None:
         index = {l: k for k, l in enumerate(dls.vocab)}
-        ref = torch.zeros(len(dls.valid_ds), len(dls.vocab), dtype=torch.uint8)
-        for i, (_, names) in enumerate(dls.valid_ds.items): ref[i, [index[n] for n in names]] = 1
+        partial = getattr(dls, 'valid_partial', False)   # items: [path, positives, verified negatives (None: two-field list)]
+        ref = torch.full((len(dls.valid_ds), len(dls.vocab)), -1 if partial else 0, dtype=torch.int8)
+        for i, item in enumerate(dls.valid_ds.items):
+            if partial: ref[i, [index[n] for n in item[2]]] = 0
+            ref[i, [index[n] for n in item[1]]] = 1
         dls._valid_targets = ref
     return dls._valid_targets
 
 def gather_valid(scores:torch.Tensor, # (n_local, C) this rank's validation scores, in its loader's order
-                 targets:torch.Tensor, # (n_local, C) the matching targets
+                 targets:torch.Tensor, # (n_local, C) the matching targets (1, 0, -1 for unknown)
                  dls, # the `DataLoaders` whose validation set was predicted
                 ) -> tuple: # scores, targets (n, C), dataset order
     "All ranks' validation predictions in dataset order; checked against the dataset's own targets."
     scores, targets = gather_rows(scores), gather_rows(targets)
     ref = valid_targets(dls)
     n = len(ref)
-    if len(scores) < n or not torch.equal(targets[:n].to(torch.uint8), ref):
+    if len(scores) < n or not torch.equal(targets[:n].to(torch.int8), ref):
         raise sgre_error('internal error: the gathered validation predictions do not line up with the validation set',
                          f'({len(scores)} rows for {n} items); the ignore mask would be misapplied.')
     return scores[:n], targets[:n]
 
+def _judged(targets:torch.Tensor, ignore:np.ndarray|None) -> tuple:
+    """What the metrics take for (targets, ignore): 0/1 targets and the mask of cells not judged (VOC's difficult objects);
+    with unknown cells (-1), a sparse `PartialLabels` of the known ones (nothing dense beyond the scores) and no mask."""
+    t = targets.numpy()
+    if not (t < 0).any(): return t.astype(np.uint8, copy=False), ignore
+    if ignore is None: return PartialLabels.from_targets(t), None
+    return (t > 0).astype(np.uint8), (t < 0) | (ignore != 0)
+
 def valid_map(scores:torch.Tensor, targets:torch.Tensor, dls) -> float:
-    "VOC mAP of gathered validation scores, honouring `dls.ignore` (VOC's difficult objects)."
-    return float(mean_ap(scores.numpy(), targets.numpy(), getattr(dls, 'ignore', None)))
+    "VOC mAP of gathered validation scores, skipping the cells not judged: VOC's difficult objects (`dls.ignore`), unknown labels."
+    t, ignore = _judged(targets, getattr(dls, 'ignore', None))
+    return float(mean_ap(scores.numpy(), t, ignore))
 
 # %% ../nbs/06_train.ipynb #7dbad478
+def _to_host(t:torch.Tensor) -> torch.Tensor:
+    "`t` on the CPU; from a GPU without waiting (into pinned memory): read it only after `_synced`."
+    return t.to('cpu', non_blocking=True) if t.is_cuda else t
+
+def _synced(ts:list) -> list:
+    "Wait for the copies `_to_host` started (a no-op without a GPU)."
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): torch.cuda.synchronize()
+    return ts
+
 class MeanAP(Metric):
     "VOC mAP of the model's final logits over the whole validation set, gathered over ranks."
     def __init__(self, name:str='mAP'): self._name = name
     @property
     def name(self): return self._name
-    def reset(self): self.scores, self.targets, self._value = [], [], None
+    def reset(self): self.scores, self.targets, self._value, self.constant = [], [], None, False
     def accumulate(self, learn):
         out = learn.pred
         logits = out.logits if isinstance(out, SGREOutput) else out
-        self.scores.append(torch.sigmoid(logits.detach().float()).cpu())
-        self.targets.append(learn.yb[0].detach().to(torch.uint8).cpu())   # 0/1: one byte a cell
+        self.scores.append(_to_host(torch.sigmoid(logits.detach().float())))
+        self.targets.append(_to_host(learn.yb[0].detach().to(torch.int8)))   # 1, 0 or -1: one byte a cell
         self.dls = learn.dls
     @property
     def value(self):
         if self._value is None and self.scores:
-            self._value = valid_map(*gather_valid(torch.cat(self.scores), torch.cat(self.targets), self.dls), self.dls)
+            s, t = _synced([torch.cat(self.scores), torch.cat(self.targets)])
+            s, t = gather_valid(s, t, self.dls)
+            self.constant = len(s) > 1 and bool((s.amax(0) - s.amin(0)).max() <= 1e-6)   # every image scored alike: a collapsed model
+            self._value = valid_map(s, t, self.dls)
         return self._value
 
 # %% ../nbs/06_train.ipynb #731f665b
@@ -131,17 +156,18 @@ def _float_out(out):
 def predict_dl(model:nn.Module, # an SGRE model
                dl, # a fastai DataLoader (batches of images and targets)
                autocast=None, # an autocast context to run under, or None
-              ) -> tuple: # scores (n, C) = sigmoid of the logits, targets (n, C) as uint8, on the CPU
+              ) -> tuple: # on the CPU: scores (n, C), the sigmoid of the logits; targets (n, C), uint8 (int8 with -1 where unknown)
     "Sigmoid scores and targets of `model` over `dl`, in the loader's order."
     was_training = model.training
     model.eval()
     scores, targets = [], []
     for xb, yb in dl:
         with (autocast or contextlib.nullcontext()):
-            out = model(xb)
-        scores.append(torch.sigmoid(_float_out(out).logits).cpu()); targets.append(yb.to(torch.uint8).cpu())
+            out = model(_plain(xb))
+        scores.append(_to_host(torch.sigmoid(_float_out(out).logits))); targets.append(_to_host(yb.to(torch.int8)))
     model.train(was_training)
-    return torch.cat(scores), torch.cat(targets)
+    s, t = _synced([torch.cat(scores), torch.cat(targets)])
+    return s, (t if (t < 0).any() else t.to(torch.uint8))
 
 class _EMAMetric(Metric):
     "Shows `EMA.value` in fastai's table."
@@ -208,15 +234,138 @@ def sgre_opt(params, # parameter groups from `wd_groups`
     return opt
 
 # %% ../nbs/06_train.ipynb #41a18232
+_AMP_MODES = ('auto', 'fp16', 'bf16')
+
+def _amp_mode(amp) -> str|None:
+    "The mixed-precision mode of an `amp` option: None (off), 'auto' (True: the seed's --amp), 'fp16' or 'bf16'."
+    if amp is None or amp is False: return None
+    if amp is True: return 'auto'
+    if amp not in _AMP_MODES: raise sgre_error(f"--amp {amp!r} is not a precision; use --amp alone, --amp fp16 or --amp bf16.")
+    return amp
+
 class AMP(MixedPrecision):
-    "Mixed precision: float16 + gradient scaling on CUDA, bfloat16 autocast on CPU."
+    "Mixed precision: float16 + gradient scaling on CUDA, or bfloat16 (CPU, or GPUs with `mode='bf16'`)."
+    def __init__(self, mode:str='auto', # 'auto' (float16 on a GPU, bfloat16 on the CPU), 'fp16' or 'bf16'
+                 **kwargs): super().__init__(**kwargs); self.mode = _amp_mode(mode) or 'auto'
     def before_fit(self):
         dev = next(self.learn.model.parameters()).device.type
-        dtype = torch.float16 if dev == 'cuda' else torch.bfloat16
+        mode = self.mode if self.mode != 'auto' else ('fp16' if dev == 'cuda' else 'bf16')
+        if mode == 'fp16' and dev != 'cuda':
+            raise sgre_error('--amp fp16 needs a GPU: float16 autocast with gradient scaling is a CUDA mode. On this CPU use --amp bf16',
+                             '(or --amp alone, which picks bfloat16 here).')
+        if mode == 'bf16' and dev == 'cuda' and not torch.cuda.is_bf16_supported():
+            raise sgre_error(f'--amp bf16 needs a GPU with bfloat16 support (Ampere or later); {torch.cuda.get_device_name()} has none.',
+                             'Use --amp fp16 instead.')
+        dtype = torch.float16 if mode == 'fp16' else torch.bfloat16
         self.kwargs['enabled'] = dtype == torch.float16
-        self.autocast, self.learn.scaler, self.scales = torch.autocast(dev, dtype=dtype), torch.amp.GradScaler(dev, **self.kwargs), L()
+        self.dtype, self.autocast = dtype, torch.autocast(dev, dtype=dtype)
+        self.learn.scaler, self.scales = torch.amp.GradScaler(dev, **self.kwargs), L()
     def after_pred(self): self.learn.pred = _float_out(self.pred)
+    def before_step(self):
+        "Step through the scaler (skipped when the gradients overflowed); fastai's version also reads the scale: a host sync."
+        self.skipped = True
+        self.scaler.step(self)
+        if self.skipped: raise CancelStepException()
     def after_fit(self): self.learn.scaler, self.scales = None, None
+
+# %% ../nbs/06_train.ipynb #1e374156
+def optimizer_steps(n_batches:int, # micro-batches per epoch
+                    accum_steps:int=1, # micro-batches per optimizer step
+                   ) -> int:
+    "Optimizer steps per epoch: groups of `accum_steps` micro-batches, the last one possibly smaller."
+    return -(-n_batches // accum_steps)
+
+class GradAccum(Callback):
+    "`n` micro-batches make one optimizer step: the gradients add up (each loss divided by the group's size), then one step."
+    order = 9   # before AMP (10), whose `before_step` steps through the scaler, and before DistributedTrainer (11)
+    def __init__(self, n:int=1): self.n, self.opt_steps = n, 0
+
+    def before_fit(self): self.opt_steps = 0
+    def before_batch(self):
+        if not self.training: return
+        g = self.iter // self.n
+        last = min((g + 1) * self.n, self.n_iter) - 1                # the group's last micro-batch
+        self.learn.opt_step, self.learn.final_micro, self.group = g, self.iter == last, last - g * self.n + 1
+        ddp = self.learn.model
+        if hasattr(ddp, 'require_backward_grad_sync'): ddp.require_backward_grad_sync = self.final_micro   # DDP's no_sync
+    def after_loss(self):
+        if self.training and self.group > 1: self.learn.loss_grad = self.loss_grad / self.group
+    def before_step(self):
+        if not self.final_micro: raise CancelBatchException()     # keep the gradients, skip the step and zero_grad
+    def after_step(self): self.opt_steps += 1
+    def after_batch(self):
+        ddp = self.learn.model
+        if hasattr(ddp, 'require_backward_grad_sync'): ddp.require_backward_grad_sync = True
+
+# %% ../nbs/06_train.ipynb #e12f7a60
+class FiniteLoss(Callback):
+    "Stop at the first NaN or infinite training loss, found without a host sync per step (read every `every` steps)."
+    order = 8   # its after_loss runs first; before_validate comes before any metric or checkpoint
+    every = 50  # steps between two looks at the flags
+    def __init__(self, hint:str=''): self.hint, self._flags, self._where = hint, [], []   # hint: what else to try
+
+    def before_train(self): self._flags, self._where = [], []
+    def after_loss(self):
+        if not self.training: return
+        self._flags.append(torch.isfinite(self.loss.detach()).reshape(1))
+        self._where.append((self.epoch, self.iter, self.n_iter, self.opt.hypers[-1]['lr']))
+        if len(self._flags) >= self.every: self._check()
+    def after_train(self): self._check()
+    def after_fit(self): self._flags, self._where = [], []
+
+    def _check(self):
+        if not self._flags: return
+        ok = torch.cat(self._flags).cpu()          # the one host sync of `every` steps
+        where, self._flags, self._where = self._where, [], []
+        if bool(ok.all()): return
+        i = int((~ok).nonzero()[0])
+        epoch, step, n, lr = where[i]
+        peak = getattr(self.learn, 'lr', lr)
+        raise sgre_error(f'the training loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} of {n} (learning rate {lr:.3g} at',
+                         'that step), so training stopped; nothing of this epoch was validated or saved. The learning rate is probably',
+                         f'too high: try a lower --lr (e.g. {peak / 10:.2g} or less){self.hint}.')
+
+# %% ../nbs/06_train.ipynb #e194fbf2
+class _DeviceSmoothLoss(AvgSmoothLoss):
+    "fastai's smoothed training loss, kept on the device (fastai's copies it to the host at every step)."
+    def reset(self): self.count, self.val = 0, None
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = torch.lerp(loss, torch.zeros_like(loss) if self.val is None else self.val, self.beta)   # fastai's: from 0
+    @property
+    def value(self): return None if self.val is None else self.val / (1 - self.beta ** self.count)
+
+class _Bars(ProgressCallback):
+    "fastai's live bars, showing the smoothed loss every `every` steps instead of reading it at every step."
+    every = 20
+    @property
+    def name(self): return 'progress'   # `learn.progress`, as fastai's own
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if self.training and self.iter % self.every == 0 and getattr(self, 'smooth_loss', None) is not None:
+            self.pbar.comment = f'{self.smooth_loss.item():.4f}'
+
+def _plain(t):
+    "A fastai tensor subclass (`TensorImage`, `TensorMultiCategory`) as a plain `torch.Tensor`: the same memory, no copy."
+    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
+
+class _PlainBatch(Callback):
+    """Hand the model and the loss plain tensors. fastai's batches are `TensorImage`s, and every operation on one — every
+    convolution, every activation of the network, forward and backward — first runs fastai's Python `__torch_function__`."""
+    order = -10
+    def before_batch(self): self.learn.xb, self.learn.yb = tuple(map(_plain, self.xb)), tuple(map(_plain, self.yb))
+
+# %% ../nbs/06_train.ipynb #8e5ac7eb
+def gpu_precision(device, # the device training runs on
+                  strict_fp32:bool=False, # full float32 everywhere (no TF32), e.g. to compare with float32 references
+                 ) -> dict: # what was set (empty off CUDA)
+    "Set TF32 matrix products and convolutions and cuDNN's autotuner for training on a CUDA `device` (nothing elsewhere)."
+    if torch.device(device).type != 'cuda': return {}
+    s = dict(float32_matmul_precision='highest' if strict_fp32 else 'high', cudnn_allow_tf32=not strict_fp32, cudnn_benchmark=True)
+    torch.set_float32_matmul_precision(s['float32_matmul_precision'])
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = s['cudnn_allow_tf32'], s['cudnn_benchmark']
+    return s
 
 # %% ../nbs/06_train.ipynb #c5f09293
 class SGRELearner(Learner):
@@ -265,7 +414,9 @@ def sgre_learner(dls, # DataLoaders from `sgre_dls`
                  lamda:float=1., # weight of the semantic head's loss
                  gamma_neg:float=2., gamma_pos:float=0., clip:float=0., # asymmetric-loss options
                  ema_decay:float=0.9997, # EMA decay per step
-                 amp:bool=False, # mixed precision
+                 amp:bool|str=False, # mixed precision: True (float16 on a GPU, bfloat16 on the CPU), 'fp16' or 'bf16'
+                 accum_steps:int=1, # micro-batches per optimizer step (gradient accumulation)
+                 unknown:str='ignore', # unknown labels (-1 targets) in the loss: 'ignore' or 'negative'
                  compile:bool=False, # `torch.compile` the model (a slow first step, faster ones after)
                  bars:bool|None=None, # live progress bars; None: in a notebook or on a terminal, else one plain line per epoch
                  cbs=None, # more callbacks
@@ -275,11 +426,17 @@ def sgre_learner(dls, # DataLoaders from `sgre_dls`
     model = SGRE(arch, dls.c, embeddings=_as_embeddings(embeddings, dls.c), **model_kwargs)
     if compile: model.compile()   # in place: the module, its state_dict keys and the EMA copy stay as they are
     ema = EMA(ema_decay)
-    learn = SGRELearner(dls, model, loss_func=SGRELoss(make_loss(loss, gamma_neg, gamma_pos, clip), lamda),
+    if getattr(dls, 'device', None) is not None: model.to(dls.device)   # now: optimizer state loaded later lands on the device
+    mode = _amp_mode(amp)
+    if not isinstance(accum_steps, int) or accum_steps < 1: raise sgre_error(f'accum_steps must be a whole number of at least 1, not {accum_steps!r}.')
+    hint = ', or train without --amp' if mode else ''
+    learn = SGRELearner(dls, model, loss_func=SGRELoss(make_loss(loss, gamma_neg, gamma_pos, clip, unknown), lamda),
                         opt_func=partial(sgre_opt, optimizer=optimizer, wd=wd, true_wd=true_wd), lr=lr,
-                        splitter=wd_groups, metrics=[MeanAP(), ema.metric], cbs=[ema] + L(cbs), moms=(0.95, 0.85, 0.95))
-    if amp: learn.add_cb(AMP())
-    if not (_live_bars() if bars is None else bars): learn.remove_cb(ProgressCallback).add_cb(PlainProgress())
+                        splitter=wd_groups, metrics=[MeanAP(), ema.metric], cbs=[_PlainBatch(), ema, GradAccum(accum_steps), FiniteLoss(hint)] + L(cbs),
+                        moms=(0.95, 0.85, 0.95))
+    learn.recorder.smooth_loss = _DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)
+    if mode: learn.add_cb(AMP(mode))
+    learn.remove_cb(ProgressCallback).add_cb(_Bars() if (_live_bars() if bars is None else bars) else PlainProgress())
     return learn
 
 # %% ../nbs/06_train.ipynb #ffc2da82
@@ -305,10 +462,14 @@ class OneCycle(Callback):
     order = 13  # after DistributedTrainer (11) has split the training set
     def __init__(self, lr_max:float, pct_start:float=0.2, div:float=25., final_div:float=1e4):
         self.lr_max, self.pct_start, self.div, self.final_div = lr_max, pct_start, div, final_div
-    def before_fit(self): self.total = self.n_epoch * len(self.dls.train)
+    @property
+    def _accum(self) -> int: return getattr(getattr(self.learn, 'grad_accum', None), 'n', 1)
+    def before_fit(self): self.total = self.n_epoch * optimizer_steps(len(self.dls.train), self._accum)
     def before_batch(self):
         if not self.training: return
-        lr, mom = one_cycle(self.epoch * self.n_iter + self.iter, self.total, self.lr_max, self.pct_start, self.div, self.final_div)
+        k = self._accum   # the step is the optimizer step: a group of k micro-batches shares one learning rate
+        step = self.epoch * optimizer_steps(self.n_iter, k) + self.iter // k
+        lr, mom = one_cycle(step, self.total, self.lr_max, self.pct_start, self.div, self.final_div)
         self.opt.set_hyper('lr', lr)
         if 'mom' in self.opt.hypers[0]: self.opt.set_hyper('mom', mom)
 

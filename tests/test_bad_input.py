@@ -159,6 +159,7 @@ class Case:
     build: Callable               # (world, folder) -> dict(argv=[...], watch=[folders], read_only=[folders])
     says: tuple                   # what the message must name (the problem)
     fix: tuple                    # ... and how it tells the user to fix it
+    status: int = 2               # the exit status (2: bad input; 1: the environment, e.g. a full disk)
     # filled in by the runner
     argv: list = field(default_factory=list)
     watch: list = field(default_factory=list)
@@ -275,6 +276,33 @@ def _trunc_png(data, split='test', k='00004'):
     put(p, p.read_bytes()[:70])
 
 NOT_UTF8 = b'\xff\xfe\x00arch: resnet10t\n'
+
+class _Payload:
+    "An object whose unpickling runs a command (here: writes a file into the experiment folder, which the case watches)."
+    def __init__(self, target): self.target = str(target)
+    def __reduce__(self): return (os.system, (f'touch {self.target}',))
+
+def _hostile_state(exp, d):
+    torch.save({'epoch': 0, 'note': _Payload(exp / 'pwned')}, exp / 'checkpoints' / 'last.pth')
+
+def _plain_state(exp):
+    "A resume state of the right shape (its content is not used before the check that fails)."
+    torch.save(dict(format='sgre-resume', version=1, epoch=0, n_epoch=2, model={}, ema={}, opt={}, best=0.5, best_epoch=0,
+                    wait=0, rng={}), exp / 'checkpoints' / 'last.pth')
+
+def _without_batch_size(exp, d=None):
+    put(exp / 'config.yaml', ''.join(l for l in (exp / 'config.yaml').read_text().splitlines(True) if not l.startswith('batch_size:')))
+
+def _damaged_history(exp, d):
+    _plain_state(exp)
+    put(exp / 'config.yaml', (exp / 'config.yaml').read_text().replace('max_epochs: 1', 'max_epochs: 2'))
+    put(exp / 'history.csv', 'epoch,train_loss,valid_loss,mAP,ema_mAP,lr,seconds\n1,0.5,0.4,0.3,,0.001,2\n')
+
+HELD = []   # locks this process holds on experiment folders for the cases' lifetime
+
+def _held(exp, d):
+    from sgre.process import RunLock
+    HELD.append(RunLock(exp).acquire())
 GARBAGE_PTH = b'\x80\x02this is not a checkpoint' * 8
 
 
@@ -358,6 +386,20 @@ CASES = [
          ('last.pth', 'not a readable'), ('start it again',)),
     Case('sgre_train: a read-only --exp-root', 'sgre_train', _train_read_only,
          ('is not writable',), ('--exp-root',)),
+    Case('sgre_train: --resume a state that would run code', 'sgre_train', _resume(_hostile_state),
+         ('last.pth is not a resume state sgre wrote', 'posix.system'), ('Start the run again', 'a source you trust')),
+    Case('sgre_train: --resume with an option missing from config.yaml', 'sgre_train', _resume(_without_batch_size),
+         ('config.yaml lacks the option batch_size',), ('restore the file from a copy',)),
+    Case('sgre_train: --resume with a damaged history.csv', 'sgre_train', _resume(_damaged_history),
+         ('history.csv line 2: `ema_mAP` is \'\', not a number',), ('restore it, or delete it',)),
+    Case('sgre_train: --resume a folder another run is writing', 'sgre_train', _resume(_held),
+         ('is in use by another run (process', ), ('Wait for that run to end, or stop it',)),
+    Case('sgre_train: --batch-size larger than the training set', 'sgre_train', _train(None, '--batch-size', '65'),
+         ('--batch-size 65 is larger than the training set allows: 64 training images',), ('Use --batch-size 64 or less',)),
+    Case('sgre_train: --lr inf', 'sgre_train', _train(None, '--lr', 'inf'),
+         ('--lr inf is out of range',), ('a finite number above 0',)),
+    Case('sgre_train: a learning rate that makes the loss infinite', 'sgre_train', _train(None, '--lr', '1e9'),
+         ('the training loss became NaN or infinite at epoch 1, step',), ('try a lower --lr',)),
 
     # ---- sgre_evaluate
     Case('sgre_evaluate: an exp-dir that does not exist', 'sgre_evaluate', lambda w, d: dict(argv=['--exp-dir', d / 'nowhere'], watch=[d]),
@@ -368,6 +410,8 @@ CASES = [
          ('config.yaml is not valid YAML',), ('restore it or start a new run',)),
     Case('sgre_evaluate: a config.yaml that is not text', 'sgre_evaluate', _on_exp(lambda exp, d: put(exp / 'config.yaml', NOT_UTF8)),
          ('config.yaml',), ('restore it or start a new run',)),
+    Case('sgre_evaluate: a config.yaml without batch_size', 'sgre_evaluate', _on_exp(_without_batch_size),
+         ('config.yaml lacks the option batch_size',), ('restore the file from a copy',)),
     Case('sgre_evaluate: an exp-dir without checkpoint', 'sgre_evaluate',
          _on_exp(lambda exp, d: (exp / 'checkpoints' / 'best_ema_model.pth').unlink()),
          ('has no checkpoint at', 'best_ema_model.pth'), ('--checkpoint',)),
@@ -484,9 +528,9 @@ def _message(case) -> str:
 
 @pytest.mark.parametrize('cid', params())
 def test_exit_status(ran, cid):
-    "Status 2 (an input error) and a single line on stderr, `prog: error: ...`, with no traceback."
+    "Status 2 (an input error; 1 for the environment's) and a single line on stderr, `prog: error: ...`, with no traceback."
     case = _case(ran, cid)
-    assert case.res.returncode == 2, (case.argv, case.res.returncode, case.res.stderr[-3000:])
+    assert case.res.returncode == case.status, (case.argv, case.res.returncode, case.res.stderr[-3000:])
     assert 'Traceback' not in case.res.stderr, case.res.stderr[-3000:]
     assert _message(case).startswith(f'{case.prog}: error: '), case.res.stderr
 
@@ -544,7 +588,7 @@ class _Reader(threading.Thread):
 
 
 def _loadable(exp: Path):
-    last = torch.load(exp / 'checkpoints' / 'last.pth', map_location='cpu', weights_only=False)
+    last = torch.load(exp / 'checkpoints' / 'last.pth', map_location='cpu', weights_only=True)
     best = torch.load(exp / 'checkpoints' / 'best_ema_model.pth', map_location='cpu', weights_only=True)
     assert isinstance(best, dict) and 'fc.weight' in best and all(torch.is_tensor(v) for v in best.values())
     return last
@@ -603,3 +647,45 @@ def test_interrupt_then_resume(ran):
     assert 'resumed after epoch 1' in seen['log'] and 'epoch 2/2' in seen['log'], seen['log']
     assert seen['last_epoch_after'] == 1
     assert seen['files_after'] == sorted(EXP_FILES + ['events.out.tfevents.*']), seen['files_after']   # the resumed fit's own event file
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a full disk, and a run that learns nothing
+
+def _tmpfs(folder: Path, size: str) -> bool:
+    "Mount a small tmpfs at `folder` (root only); False where mounting is not allowed."
+    folder.mkdir(parents=True)
+    return shutil.which('mount') is not None and subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(folder)],
+                                                                 capture_output=True).returncode == 0
+
+
+def test_full_disk_keeps_the_last_epoch(world, tmp_path):
+    """The experiments folder on a small file system that fills during epoch 2's checkpoints (a tmpfs of 150 MB; the tiny
+    model's epoch writes about 100 MB): exit status 1, one message naming the folder, the cause and the --resume command,
+    no "internal error"; the folder still describes epoch 1, file for file, and no temporary file is left."""
+    full = tmp_path / 'small'
+    if not _tmpfs(full, '150m'): pytest.skip('mounting a small tmpfs needs root (CAP_SYS_ADMIN)')
+    try:
+        res = _run([exe('sgre_train'), *TINY, '--max-epochs', '3', '--data-dir', world.data, '--exp-root', full])
+        exp = full / 'mlic_digits' / 'exp1'
+        assert res.returncode == 1, (res.returncode, res.stderr[-3000:])
+        lines = error_lines(res.stderr)
+        assert len(lines) == 1 and lines[0].startswith(f'sgre_train: error: cannot write into {exp} (.'), res.stderr[-3000:]
+        assert 'no space is left on its file system [ENOSPC]' in lines[0] and 'internal error' not in lines[0], lines
+        assert f'The folder still holds the state after epoch 1; once the cause is fixed, continue with `sgre_train --resume {exp}`' in lines[0], lines
+        assert _epochs(exp) == [1]
+        assert _loadable(exp)['epoch'] == 0
+        assert not [p for p in exp.rglob('.*')], list(exp.rglob('.*'))      # no temporary file, no lock left
+    finally:
+        subprocess.run(['umount', str(full)], capture_output=True)
+
+
+def test_diverged_run_warns(world, tmp_path):
+    "`--lr 10`: the loss grows tenfold and every image gets the same scores; the run ends (status 0) but says so, in the log and the summary."
+    res = _run([exe('sgre_train'), *TINY, '--max-epochs', '2', '--lr', '10', '--data-dir', world.data, '--exp-root', tmp_path / 'runs'])
+    assert res.returncode == 0, res.stderr[-3000:]
+    warned = [l for l in error_lines(res.stderr) if l.startswith('sgre_train: warning: epoch ')]
+    assert warned and all('Try a learning rate 10 to 100 times lower' in l or 'so it is not learning' in l for l in warned), res.stderr
+    assert 'warning: this run did not learn as it should' in res.stdout, res.stdout[-2000:]
+    log = (tmp_path / 'runs' / 'mlic_digits' / 'exp1' / 'train.log').read_text()
+    assert sum(l.startswith('warning: epoch ') for l in log.splitlines()) == len(warned), log

@@ -14,15 +14,15 @@ from sgre.train import predict_dl
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(tmp_path, *extra):
+def _launch(tmp_path, *extra, precision='no', root='experiments'):
     env = dict(os.environ, ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', PYTHONUNBUFFERED='1')
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+           '--num_machines', '1', '--mixed_precision', precision, '--dynamo_backend', 'no',
            '-m', 'sgre.train', '--data', 'digits', '--data-dir', str(tmp_path / 'digits'),
            '--arch', 'resnet10t', '--no-pretrained', '--img-size', '32', '--output-stride', '8',
            '--batch-size', '16', '--max-epochs', '1', '--embed-type', 'random', '--attn-dim', '32',
            '--num-heads', '2', '--num-workers', '0', '--no-flip', '--lr', '1e-3', '--ema-decay', '0.9',
-           '--exp-root', str(tmp_path / 'experiments'), *extra]
+           '--exp-root', str(tmp_path / root), *extra]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -45,6 +45,23 @@ def test_two_cpu_processes(tmp_path):
     s, t = predict_dl(learn.model, learn.dls.valid)
     assert len(s) == 40
     assert abs(mean_ap(s.numpy(), t.numpy()) - float(row['ema_mAP'])) <= 1e-6, (mean_ap(s.numpy(), t.numpy()), row)
+
+
+def test_accelerate_precision_does_not_switch_autocast_on(tmp_path):
+    """`accelerate launch --mixed_precision bf16` (what a saved `accelerate config` choice does: the launcher passes it on as
+    ACCELERATE_MIXED_PRECISION) must not run the forward under autocast behind sgre's back: sgre's `--amp` decides. The run
+    gives the weights of a run launched with `--mixed_precision no`, bit for bit (a bfloat16 forward changes them), and says
+    once that the setting was ignored."""
+    prepare_digits(tmp_path / 'digits', n_train=64, n_test=16, size=32, seed=0)
+    runs = {p: _launch(tmp_path, precision=p, root=f'runs_{p}') for p in ('no', 'bf16')}
+    for p, res in runs.items(): assert res.returncode == 0, p + res.stdout[-3000:] + res.stderr[-3000:]
+    weights = {p: torch.load(tmp_path / f'runs_{p}' / 'mlic_digits' / 'exp1' / 'checkpoints' / 'last.pth', weights_only=True)['model']
+               for p in runs}
+    assert weights['no'].keys() == weights['bf16'].keys()
+    for k, v in weights['no'].items(): assert torch.equal(v, weights['bf16'][k]), k
+    notes = [l for l in runs['bf16'].stdout.splitlines() if l.startswith('note: accelerate asks for mixed precision')]
+    assert len(notes) == 1 and 'ACCELERATE_MIXED_PRECISION=bf16' in notes[0] and '--amp' in notes[0], runs['bf16'].stdout[-2000:]
+    assert not [l for l in runs['no'].stdout.splitlines() if l.startswith('note: accelerate')]
 
 
 def _ours(stderr: str) -> list:

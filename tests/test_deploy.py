@@ -5,6 +5,10 @@ is exported with `sgre_export`; the model folder is moved elsewhere, the dataset
 The demo set is prepared smaller than its default (300 training and 60 test images at 32 px) and trained for one epoch
 at 32 px, so that the whole flow takes about two minutes on two CPU cores; the label embeddings are the demo's (MiniLM,
 computed by `sgre_train`), so the model folder must carry them in its weights once the dataset is gone.
+
+Before the dataset goes, a copy of the model folder is calibrated on its test split with `sgre_calibrate` (issue 23): the
+decision rule travels in the folder as calibration.json, and `predict`, `sgre_predict` and `sgre_predict --onnx` must apply
+it alike, while `--raw` and the uncalibrated folder give exactly today's files.
 """
 import csv, json, os, shutil, subprocess, sys, time
 from pathlib import Path
@@ -17,9 +21,16 @@ BIN = Path(sys.executable).parent
 TIMES = {}
 
 
+def _cmd(prog):
+    "The console script, or (before `pip install -e .` has made a new one) its entry point run by this Python."
+    if (BIN / prog).exists(): return [str(BIN / prog)]
+    module, fn = {'sgre_calibrate': ('sgre.calibration', 'sgre_calibrate_cli')}[prog]
+    return [sys.executable, '-c', f'import sys; sys.argv[0] = {prog!r}; from {module} import {fn}; {fn}()']
+
+
 def _run(prog, *args, cwd):
     t = time.time()
-    res = subprocess.run([str(BIN / prog), *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([*_cmd(prog), *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
     TIMES[prog] = TIMES.get(prog, 0) + time.time() - t
     return res
 
@@ -57,11 +68,17 @@ def flow(tmp_path_factory):
     model = root / 'elsewhere' / 'digits-model'
     model.parent.mkdir()
     shutil.move(exp / 'export', model)
+    calibrated = root / 'elsewhere' / 'calibrated-model'
+    shutil.copytree(model, calibrated)
+    calibrate = _ok(_run('sgre_calibrate', '--model', calibrated, '--data-dir', work / 'data' / 'digits', '--folds', '3', cwd=work))
     shutil.rmtree(work)                                  # the dataset (images, label.txt, minilm.npy) and the experiment
     torch_res = _ok(_run('sgre_predict', '--model', model, 'inbox', '--out', 'torch.csv', cwd=user))
     onnx_res = _ok(_run('sgre_predict', '--model', model, 'inbox', '--out', 'onnx.csv', '--onnx', cwd=user))
+    cal = {kind: _ok(_run('sgre_predict', '--model', calibrated, 'inbox', '--out', f'cal-{kind}.csv', *flags, cwd=user))
+           for kind, flags in (('torch', ()), ('onnx', ('--onnx',)), ('raw', ('--raw',)), ('raw-onnx', ('--raw', '--onnx')))}
     print(f'flow took {time.time() - t0:.0f} s:', {k: round(v) for k, v in TIMES.items()})
-    return dict(model=model, user=user, inbox=inbox, export=export, torch=torch_res, onnx=onnx_res)
+    return dict(model=model, user=user, inbox=inbox, export=export, torch=torch_res, onnx=onnx_res, calibrated=calibrated,
+                calibrate=calibrate, cal=cal)
 
 
 def test_model_folder(flow):
@@ -111,3 +128,58 @@ def test_nothing_readable(flow):
     assert len(lines) == 3 and lines[:2] == [l for l in lines[:2] if l.startswith('sgre_predict: skipped inbox/')], lines
     assert lines[2] == 'sgre_predict: error: none of the 2 paths given could be read as an image (each is listed above); nothing was written.'
     assert not (user / 'none.csv').exists() and not [p for p in user.iterdir() if p.name.startswith('.none.csv')]
+
+
+def test_calibrated_everywhere(flow):
+    "The rule of calibration.json gives the same calibrated scores and labels via predict, sgre_predict and sgre_predict --onnx."
+    from sgre.calibration import read_calibration
+    from sgre.deploy import load_model
+    from sgre.viz import predict
+    user, cal = flow['user'], flow['calibrated']
+    assert 'cross-validated over 3 folds' in flow['calibrate'].stdout and (cal / 'calibration.json').is_file()
+    try: import sgre.report  # noqa: F401
+    except ImportError: pass
+    else: assert (cal / 'report.html').is_file()
+    labels = (cal / 'labels.txt').read_text().splitlines()
+    rule = read_calibration(cal, labels)
+    assert rule.info['fitted_on']['images'] == 60 and rule.info['fitted_on']['split'] == 'test'
+    header, rows = _table(user / 'cal-torch.csv')
+    _, o_rows = _table(user / 'cal-onnx.csv')
+    scores = np.array([[float(v) for v in r[1:-1]] for r in rows])
+    o_scores = np.array([[float(v) for v in r[1:-1]] for r in o_rows])
+    assert np.abs(o_scores - scores).max() <= 1e-4
+    model = load_model(cal)
+    for r, s in zip(rows, scores):
+        got = dict(predict(model, user / r[0]))
+        assert np.abs(np.array([got[l] for l in labels]) - s).max() <= 2e-6              # six decimals, one image at a time
+        want = sorted((l for l in labels if got[l] >= model.thresholds[l]), key=lambda l: -got[l])
+        assert r[-1] == ';'.join(want), (r, want)
+    assert [r[-1] for r in o_rows] == [r[-1] for r in rows]
+    raw_scores = np.array([[float(v) for v in r[1:-1]] for r in _table(user / 'torch.csv')[1]])
+    assert np.abs(scores - raw_scores).max() > 1e-3                                   # calibration changed the scores
+    for kind in ('torch', 'onnx'):
+        line = flow['cal'][kind].stdout.splitlines()
+        assert line == [f"scored 6 images with {'onnxruntime' if kind == 'onnx' else 'PyTorch'} (10 labels, calibrated scores and "
+                        f"per-class thresholds from calibration.json); 1 file could not be read, skipped; wrote cal-{kind}.csv"], line
+
+
+def test_raw_is_todays_output(flow):
+    "--raw on the calibrated folder writes the bytes the uncalibrated folder writes, which are today's."
+    user = flow['user']
+    assert (user / 'cal-raw.csv').read_bytes() == (user / 'torch.csv').read_bytes()
+    assert (user / 'cal-raw-onnx.csv').read_bytes() == (user / 'onnx.csv').read_bytes()
+    assert flow['cal']['raw'].stdout == flow['torch'].stdout.replace('threshold 0.5', 'threshold 0.5, uncalibrated scores (--raw)').replace('torch.csv', 'cal-raw.csv')
+
+
+def test_dangling_link_reported(flow):
+    "A dangling symbolic link named like an image, in a folder or given itself, is skipped with its own line."
+    user = flow['user']
+    links = user / 'links'
+    links.mkdir()
+    shutil.copy(user / 'inbox' / 'digit0.png', links / 'real.png')
+    (links / 'gone.png').symlink_to(user / 'deleted.png')
+    (user / 'gone.jpg').symlink_to(user / 'deleted.jpg')
+    res = _ok(_run('sgre_predict', '--model', flow['model'], 'links', 'gone.jpg', '--out', 'links.csv', cwd=user))
+    assert res.stderr.splitlines() == [f"sgre_predict: skipped links/gone.png: a symbolic link to {user / 'deleted.png'}, which does not exist",
+                                       f"sgre_predict: skipped gone.jpg: a symbolic link to {user / 'deleted.jpg'}, which does not exist"]
+    assert res.stdout == 'scored 1 image with PyTorch (10 labels, threshold 0.5); 2 files could not be read, skipped; wrote links.csv\n'

@@ -298,3 +298,33 @@ def test_plots_are_images(pages, name):
     first.scroll_into_view_if_needed()
     ART.mkdir(parents=True, exist_ok=True)
     first.screenshot(path=str(ART / f'{Path(name).stem}-plot.png'))
+
+
+# ---------------------------------------------------------------- what a page announces, it shows
+
+_SHOWN = {'table', 'ol', 'ul', 'dl', 'pre', 'figure', 'img', 'blockquote'}
+_SHOWN_DIVS = {'sd-table', 'code-copy-outer-scaffold', 'sourceCode'}
+
+
+def _announces(el) -> bool:
+    "Does `el`, the element after a paragraph that ends in a colon, hold something to read (a table, code, a list, math, a figure)?"
+    if el is None or el.name in ('h1', 'h2', 'h3', 'h4', 'h5', 'h6'): return False
+    if el.name in _SHOWN: return True
+    if el.find(class_=['math display', 'katex-display']) is not None or 'display' in (el.get('class') or []): return True
+    if el.name == 'div':
+        cls = set(el.get('class') or [])
+        if cls & _SHOWN_DIVS: return True
+        if 'cell' in cls: return bool(el.get_text(strip=True)) or el.find('img') is not None
+    return el.name != 'p' and el.find(['pre', 'table', 'img', 'ul', 'ol']) is not None
+
+
+@pytest.mark.parametrize('name', sorted(PAGES))
+def test_a_colon_is_followed_by_what_it_announces(site, name):
+    """A paragraph that ends in a colon ("The aliases:") announces what comes next; nbdev shows no source for exported
+    cells, so a sentence before a hidden or exported cell can be left hanging. Every such paragraph must be followed by
+    something a reader sees: a table, code, a list, display math, a figure, or a cell with output or source."""
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup((site / name).read_text(encoding='utf-8'), 'html.parser')
+    hanging = [p.get_text(' ', strip=True)[-100:] for p in soup.find('main').find_all('p')
+               if p.get_text(strip=True).endswith(':') and not _announces(p.find_next_sibling())]
+    assert not hanging, f'{name}: paragraphs that announce something the page does not show:\n' + '\n'.join(hanging)

@@ -17,9 +17,9 @@ def env(tmp_path_factory):
     return dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_HOME=str(cache), HF_HUB_CACHE=str(cache))
 
 
-def embed(env, *args):
+def embed(env, *args, timeout=300):
     exe = [str(SCRIPT)] if SCRIPT.exists() else [shutil.which('sgre_embed')]
-    return subprocess.run(exe + [str(a) for a in args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(exe + [str(a) for a in args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def dataset(root, labels):
@@ -142,3 +142,48 @@ def test_numeric_labels_need_random_or_force(env, tmp_path):
 def test_debug_shows_traceback(env, tmp_path):
     r = embed(env, '--data', tmp_path / 'nowhere', '--debug')
     assert r.returncode == 2 and 'Traceback' in r.stderr and 'error: ' in r.stderr
+
+
+MODIFIERS = '''red blue green yellow black white wooden metal plastic glass paper leather electric small large baby adult wild
+domestic sea mountain river forest desert city street kitchen garden office sports winter summer night morning
+ancient modern toy fresh frozen roasted fried sliced whole dried raw cooked folding rolling flying running sitting
+standing sleeping swimming climbing racing snow ice rock sand grass water fire stone brick steel silver golden
+striped spotted hairy feathered curly tall short round square oval triangular hanging floating broken open closed
+empty full dirty clean old new bright dark shiny soft hard heavy light narrow wide deep flat'''.split()
+NOUNS = '''cat dog horse cow sheep goat pig rabbit mouse bird duck goose owl eagle parrot fish shark whale dolphin turtle
+frog snake lizard spider bee butterfly ant car truck bus train bicycle motorcycle boat ship airplane helicopter rocket
+tractor chair table sofa bed lamp clock vase bottle cup glass plate bowl spoon fork knife pan pot oven fridge sink
+toilet door window roof wall fence bridge tower castle church house tent flag sign kite balloon ball bat racket
+glove helmet hat shoe boot sock shirt dress jacket coat scarf tie belt bag backpack umbrella wallet watch ring
+necklace phone computer keyboard camera television radio guitar piano drum violin book pen pencil candle'''.split()
+
+
+def open_images_like_names(n=9605):
+    "`n` distinct Open-Images-style display names: two-word names, some made unique with their MID as `name (MID)`."
+    import random
+    pairs = [f'{m.capitalize()} {w}' for m in MODIFIERS for w in NOUNS]
+    random.Random(0).shuffle(pairs)
+    names = pairs[:n - n // 50] + [f'{w.capitalize()} (/m/0{k:05x})' for k, w in enumerate((NOUNS * 100)[:n // 50])]
+    assert len(names) == n == len(set(names))
+    return names
+
+
+def test_minilm_open_images_scale(env, tmp_path):
+    "The 9,605 trainable classes of Open Images: `sgre_embed --kind minilm` offline, one distinct unit row per name."
+    import resource, time
+    names = open_images_like_names()
+    d = dataset(tmp_path, names)
+    t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = embed(env, '--data', d, '--kind', 'minilm', timeout=1200)   # about 100 CPU-seconds: minutes on a loaded machine
+    took, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu, peak = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, c1.ru_maxrss
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f'wrote {d / "minilm.npy"}: shape (9605, 384), float32 (minilm)'
+    e = np.load(d / 'minilm.npy')
+    assert e.shape == (9605, 384) and e.dtype == np.float32 and np.isfinite(e).all()
+    assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert len(np.unique(e.round(5), axis=0)) == 9605   # every row differs
+    same_noun = [i for i, n in enumerate(names) if n.endswith(' cat') and '(' not in n][:2]
+    other = next(i for i, n in enumerate(names) if n.endswith(' piano'))
+    assert e[same_noun[0]] @ e[same_noun[1]] > e[same_noun[0]] @ e[other]   # two kinds of cat are nearer than a piano
+    print(f'9,605 names: {cpu:.0f} CPU-seconds, {took:.0f} s wall; peak resident memory of the children so far {peak / 1024:.0f} MiB')

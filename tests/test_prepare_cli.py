@@ -5,11 +5,12 @@ real process shows: exit codes, what reaches stdout/stderr, that a failed or int
 behind and an existing dataset untouched, a read-only destination, and an unreadable image met in a
 DataLoader worker process.
 """
-import hashlib, json, os, shutil, signal, subprocess, sys, time
+import hashlib, io, json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from conftest import honouring_permissions
 
 FIX = Path(__file__).parent/'fixtures'
@@ -45,7 +46,7 @@ def assert_error(res, *parts):
     for p in parts: assert p in lines[0], (p, lines[0])
 
 
-@pytest.mark.parametrize('name', ['mscoco', 'voc2007', 'nuswide', 'vg500'])
+@pytest.mark.parametrize('name', ['mscoco', 'voc2007', 'nuswide', 'vg500', 'openimages'])
 def test_fixture(name, tmp_path):
     dest = tmp_path/'out'/name
     res = run('--data', name, '--root', FIX/name/'raw', '--dest', dest)
@@ -78,8 +79,10 @@ def test_csv(tmp_path):
     images = tmp_path/'imgs'
     images.mkdir()
     rows = ['fname,tags']
+    tiny = io.BytesIO()
+    Image.new('RGB', (2, 2)).save(tiny, 'PNG')   # every listed image is decoded: real images, not empty files
     for i in range(20):
-        (images/f'{i}.jpg').touch()
+        (images/f'{i}.jpg').write_bytes(tiny.getvalue())
         rows.append(f'{i}.jpg,{"cat dog" if i % 2 else "dog"}')
     (tmp_path/'pets.csv').write_text('\n'.join(rows) + '\n')
     res = run('--data', 'csv', '--csv', tmp_path/'pets.csv', '--images', images, '--label-col', 'tags', '--valid-pct', 0.25,
@@ -196,3 +199,78 @@ def test_unreadable_image_in_worker(tmp_path):
     with pytest.raises(SGREError) as e: list(dls.valid)
     msg = str(e.value)
     assert msg.startswith(f'cannot read the image {bad.resolve()} (') and '\n' not in msg and 'Traceback' not in msg, msg
+
+
+def test_digits_long_tail(tmp_path):
+    "`--long-tail` gives class frequencies from 50 % down to 1 %; `--class-freq` any feasible ones."
+    from sgre.data import _LONG_TAIL, _DIGITS
+    n = 1500
+    res = run('--data', 'digits', '--long-tail', '--n-train', n, '--n-test', 10, '--size', 24, '--dest', tmp_path/'tail')
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path/'tail'/'train.txt').read_text().splitlines()
+    seen = np.array([[d in l.split('\t')[1].split(',') for d in _DIGITS] for l in lines]).mean(0)
+    f = np.array(_LONG_TAIL)
+    assert f[0] == 0.5 and f[-1] == 0.01
+    assert (np.abs(seen - f) <= 4.5 * np.sqrt(f * (1 - f) / n)).all(), seen
+    res = run('--data', 'digits', '--class-freq', ','.join(['0.999'] + ['0.01'] * 9), '--n-train', 50, '--n-test', 10,
+              '--size', 24, '--dest', tmp_path/'zeros')
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path/'zeros'/'train.txt').read_text().splitlines()
+    assert sum(l.split('\t')[1].split(',')[0] == 'zero' for l in lines) >= 45   # `zero` in (nearly) every image
+    res = run('--data', 'digits', '--class-freq', '0.1,x', '--dest', tmp_path/'x')   # argparse's usage, then its error line
+    assert res.returncode == 2 and "error: argument --class-freq: '0.1,x' is not a comma-separated list" in res.stderr, res.stderr
+    assert not (tmp_path/'x').exists()
+
+
+def test_unreadable_images(tmp_path):
+    "Every listed image is decoded: all unreadable ones are listed and nothing is written; --skip-unreadable leaves them out."
+    raw = copy_raw('vg500', tmp_path)
+    cut = raw/'VG_100K'/'2415638.jpg'
+    cut.write_bytes(cut.read_bytes()[:300])                      # truncated (train)
+    (raw/'VG_100K_2'/'1592810.jpg').write_text('not an image')   # not an image (test)
+    dest = tmp_path/'out'/'vg'
+    dest.parent.mkdir()
+    res = run('--data', 'vg500', '--root', raw, '--dest', dest)
+    assert_error(res, '2 of the 8 listed images cannot be read, so nothing was written:',
+                 'ssgrl_partition/train_list_500.txt line 3: VG_100K/2415638.jpg (OSError: ',
+                 'ssgrl_partition/test_list_500.txt line 2: VG_100K_2/1592810.jpg (UnidentifiedImageError: cannot identify image file',
+                 'pass --skip-unreadable')
+    assert '<_io.' not in res.stderr   # PIL's file-object repr is not part of the message
+    assert [l.split(':')[0] for l in res.stdout.splitlines() if l.startswith('cannot read ')] == \
+        ['cannot read VG_100K/2415638.jpg', 'cannot read VG_100K_2/1592810.jpg']   # each printed as it is found
+    assert not dest.exists() and leftovers(dest.parent) == []
+    res = run('--data', 'vg500', '--root', raw, '--dest', dest, '--skip-unreadable')
+    assert res.returncode == 0, res.stderr
+    assert 'left out 2 of the 8 listed images (0 missing, 2 unreadable): 1 train, 1 test.' in res.stdout.splitlines()
+    exp = FIX/'vg500'/'expected'
+    for f, gone in (('train.txt', 'VG_100K/2415638.jpg'), ('test.txt', 'VG_100K_2/1592810.jpg')):
+        assert (dest/f).read_text().splitlines() == [l for l in (exp/f).read_text().splitlines() if not l.startswith(gone)]
+    assert res.stdout.strip().splitlines()[-1].startswith(f'wrote {dest}: 500 labels, 4 training and 2 test images')
+    assert_error(run('--data', 'digits', '--skip-unreadable', '--dest', tmp_path/'d'), '--skip-unreadable cannot be used with --data digits')
+
+
+def test_csv_neg_col(tmp_path):
+    "`--neg-col` writes three-field lists (positives, verified negatives) that read back with their negatives."
+    from sgre.data import read_prepared
+    images = tmp_path/'photos'
+    images.mkdir()
+    tiny = io.BytesIO()
+    Image.new('RGB', (2, 2)).save(tiny, 'PNG')
+    rows = ['fname,labels,absent,test']
+    for i, (pos, neg) in enumerate([('cat', 'car'), ('dog', ''), ('', 'cat dog'), ('', ''), ('dog', 'cat')]):
+        (images/f'{i}.jpg').write_bytes(tiny.getvalue())
+        rows.append(f'{i}.jpg,{pos},{neg},{int(i == 4)}')
+    (tmp_path/'pets.csv').write_text('\n'.join(rows) + '\n')
+    dest = tmp_path/'pets'
+    res = run('--data', 'csv', '--csv', tmp_path/'pets.csv', '--images', images, '--neg-col', 'absent', '--valid-col', 'test',
+              '--dest', dest)
+    assert res.returncode == 0, res.stderr
+    assert (dest/'label.txt').read_text() == 'car\ncat\ndog\n'
+    assert (dest/'train.txt').read_bytes() == b'0.jpg\tcat\tcar\n1.jpg\tdog\t\n2.jpg\t\tcat,dog\n'   # 3.jpg: nothing known
+    assert (dest/'test.txt').read_bytes() == b'4.jpg\tdog\tcat\n'
+    d = read_prepared(dest)
+    assert (d.train_neg, d.test_neg) == ([['car'], [], ['cat', 'dog']], [['cat']])
+    (tmp_path/'pets.csv').write_text('\n'.join(rows[:2] + ['1.jpg,dog,dog,0'] + rows[3:]) + '\n')
+    assert_error(run('--data', 'csv', '--csv', tmp_path/'pets.csv', '--images', images, '--neg-col', 'absent', '--valid-col', 'test',
+                     '--dest', tmp_path/'never'), 'pets.csv line 3: the class `dog` is both a positive and a verified negative of 1.jpg')
+    assert not (tmp_path/'never').exists()

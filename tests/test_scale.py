@@ -100,7 +100,8 @@ def test_prepare_embed_and_batch_5000_labels(big_vocab):
     xb, yb = dls.one_batch()
     assert tuple(xb.shape) == (8, 3, 32, 32) and tuple(yb.shape) == (8, C) and yb.sum(1).tolist() == [4.] * 8
     ref = valid_targets(dls)
-    assert ref.dtype == torch.uint8 and tuple(ref.shape) == (len(dls.valid_ds), C)
+    assert ref.element_size() == 1 and tuple(ref.shape) == (len(dls.valid_ds), C)    # one byte a cell (0/1; -1 unknown)
+    assert set(ref.unique().tolist()) == {0, 1}                                       # two-field lists: nothing unknown
     index = {n: k for k, n in enumerate(names)}
     for i in (0, len(dls.valid_ds) - 1):
         assert sorted(torch.nonzero(ref[i]).flatten().tolist()) == sorted(index[n] for n in dls.valid_ds.items[i][1])

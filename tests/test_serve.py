@@ -1,7 +1,9 @@
 """`sgre_serve` as a real process on 127.0.0.1 (issue 15): its scores against `sgre_predict`'s on the same files (PyTorch and
 `--onnx`), bad requests over a real socket, a load test (96 requests from 16 threads), `SIGTERM` with a request in flight, a
 broken model folder at start, and the page in headless Chromium (its screenshot is the README's: `SGRE_UPDATE_SCREENSHOT=1` writes it to
-nbs/images/serve.png; otherwise it goes to the test's temporary folder, and a test run leaves the checkout as it was).
+nbs/images/serve.png; otherwise it goes to the test's temporary folder, and a test run leaves the checkout as it was). The README's
+picture comes from the README's own demo run: `SGRE_MODEL=MODEL_DIR SGRE_IMAGES=data/digits/images/test SGRE_UPDATE_SCREENSHOT=1
+pytest tests/test_serve.py -k page_in_chromium`.
 
 The model folder is the digits demo trained as tests/test_deploy.py trains it (one epoch, 300 images at 32 px) and exported
 with ONNX (one epoch at 32 px leaves its scores near 0.5, but they are a trained model's); the endpoint-by-endpoint and bad-request tests in this process
@@ -44,8 +46,12 @@ def trained_model_folder(root: Path) -> tuple:   # (model folder, test images)
 
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
+    """The model folder and 8 test images: trained here, or `SGRE_MODEL` (a model folder) and `SGRE_IMAGES` (a folder of images),
+    e.g. the README's demo run, exported, for the page's screenshot."""
     root = tmp_path_factory.mktemp('serve')
-    model, images = trained_model_folder(root)
+    if os.environ.get('SGRE_MODEL'):
+        model, images = Path(os.environ['SGRE_MODEL']).resolve(), sorted(Path(os.environ['SGRE_IMAGES']).glob('*.png'))
+    else: model, images = trained_model_folder(root)
     inbox = root / 'inbox'
     inbox.mkdir()
     for i, f in enumerate(images[:8]): shutil.copy(f, inbox / f'digit{i}.png')
