@@ -24,4 +24,4 @@ fi
 
 # one thread per notebook process: nbdev_test runs one per core, and they would fight over the cores otherwise
 OMP_NUM_THREADS=1 nbdev_test --timing
-pytest tests "$@"
+pytest tests --durations=20 "$@"   # the 20 slowest tests, to see where the time goes
