@@ -15,15 +15,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / '_docs'
 NBS = ROOT / 'nbs'
 ART = ROOT / 'tests' / 'artifacts' / 'docs'
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run',
-                 '--disable-component-update', '--disable-sync', '--disable-quic', '--disable-dev-shm-usage',
-                 '--disable-default-apps', '--disable-extensions']
 sys.path.insert(0, str(ROOT / 'tools'))
 import build_docs  # noqa: E402
 

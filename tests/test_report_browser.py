@@ -20,19 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CHROMIUM, CHROMIUM_ARGS, ENV, ok as _ok
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', PYTHONUNBUFFERED='1')
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run',
-                 '--disable-component-update', '--disable-sync', '--disable-quic', '--disable-dev-shm-usage',
-                 '--disable-default-apps', '--disable-extensions']
 GIVEN = os.environ.get('SGRE_REPORT')
-
-
-def _ok(res):
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
 
 
 @pytest.fixture(scope='module')
